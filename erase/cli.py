@@ -1,0 +1,81 @@
+"""The ``erase`` command: one subcommand per module, registered by name below.
+
+A subcommand module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args)``.
+Modules are imported only when their subcommand runs, so ``erase --help`` stays fast and
+``erase`` does not import ``eval`` (or the reverse) except to run that command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from erase import __version__
+from prompts.errors import InputError
+
+# name -> module path; add a subcommand by writing its module and one line here.
+COMMANDS = {
+    "generate": "erase.commands.generate",
+    "prompts": "erase.commands.prompts",
+}
+HELP = {
+    "generate": "draw images for a prompt list (seeded, batched, resumable)",
+    "prompts": "list the shipped prompt lists, or show one",
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="erase",
+        description="Erase concepts from Stable Diffusion models, offline. Run `erase COMMAND --help` for details.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_path in COMMANDS.items():
+        if name != command:  # only the chosen command's module is imported
+            sub.add_parser(name, help=HELP[name])
+            continue
+        module = importlib.import_module(module_path)
+        child = sub.add_parser(
+            name, help=HELP[name], description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        module.add_arguments(child)
+        child.set_defaults(run=module.run)
+    return parser
+
+
+def _chosen_command(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and hub warnings would bury our own progress bar."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_chosen_command(argv))
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.run(args) or 0
+    except InputError as err:
+        print(f"erase {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `erase prompts | head`
+        return 0
+    except KeyboardInterrupt:
+        print(f"erase {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

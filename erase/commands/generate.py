@@ -1,0 +1,37 @@
+"""Draw images for every prompt of a list, into a folder with a JSONL manifest.
+
+Image k of a record uses seed (record seed + k), so reruns, other batch sizes and other
+devices' random streams do not change it. Rerunning the same command resumes: finished images
+are kept and skipped. Example (the embedded default model, 40 prompts):
+
+    erase generate --prompts default/digits --output outputs/digits --grid
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from erase.config_args import add_dataclass_arguments, dataclass_from_args
+from pipelines.generate import MANIFEST_NAME, GenerateConfig, generate, read_manifest
+from pipelines.grid import save_grid
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataclass_arguments(parser, GenerateConfig)
+    parser.add_argument("--grid", action="store_true", help="also write grid.png, every image in manifest order")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = dataclass_from_args(GenerateConfig, args)
+    result = generate(config)
+    rate = f", {result.images_per_second:.2f} images/s" if result.generated else ""
+    print(
+        f"{result.generated} images generated, {result.skipped} already there "
+        f"({result.seconds:.1f} s{rate}) → {Path(config.output) / MANIFEST_NAME}"
+    )
+    if args.grid:
+        entries = list(read_manifest(Path(config.output)).values())
+        grid = save_grid([Path(config.output) / e["file"] for e in entries], Path(config.output) / "grid.png")
+        print(f"grid of {len(entries)} images → {grid}")
+    return 0

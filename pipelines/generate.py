@@ -1,0 +1,223 @@
+"""Batch generation over a prompt list: seeded, resumable, with a JSONL manifest.
+
+Image ``k`` of a record is drawn from its own CPU generator seeded ``record.seed + k``, so the
+same record and seed give the same image whatever the batch it lands in, the device's random
+stream, or how often the run was interrupted. Each image is written to a temporary name and
+renamed; the manifest is rewritten atomically after every batch, so a killed run leaves only
+complete images and a manifest without holes or duplicates. Rerunning skips finished images.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from pipelines.files import atomic_path, write_json_atomic, write_text_atomic
+from pipelines.loading import load_pipeline
+from prompts import InputError, PromptRecord, load_prompts
+
+MANIFEST_NAME = "manifest.jsonl"
+SETTINGS_NAME = "generation.json"
+# Settings that change the pixels: a folder made with other values is not resumed.
+_IMAGE_SETTINGS = ("model", "model_config", "steps", "guidance_scale", "height", "width", "dtype", "negative_prompt")
+
+
+@dataclass
+class GenerateConfig:
+    """What ``erase generate`` does; the CLI flags are these fields."""
+
+    prompts: str = field(metadata={"help": "prompt list: a .txt/.csv file or a shipped list name (`erase prompts`)"})
+    output: str = field(metadata={"help": "folder for the images and manifest.jsonl"})
+    model: str = field(
+        default="default",
+        metadata={"help": "`default`, a diffusers folder, a .safetensors file or a cached hub id"},
+    )
+    images_per_prompt: int = field(default=1, metadata={"help": "images per record; image k uses seed + k"})
+    steps: int = field(default=20, metadata={"help": "sampler steps"})
+    guidance_scale: float = field(default=5.0, metadata={"help": "classifier-free guidance scale"})
+    batch_size: int = field(default=16, metadata={"help": "images per pipeline call"})
+    seed: int = field(default=0, metadata={"help": "first seed for .txt lists (CSV rows carry their own)"})
+    height: int | None = field(default=None, metadata={"help": "image height (default: the model's)"})
+    width: int | None = field(default=None, metadata={"help": "image width (default: the model's)"})
+    negative_prompt: str = field(default="", metadata={"help": "negative prompt for every image"})
+    dtype: Literal["float32", "float16", "bfloat16"] = field(
+        default="float32", metadata={"help": "weights' precision (float16 needs CUDA)"}
+    )
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    model_config: str | None = field(
+        default=None,
+        metadata={"help": "diffusers folder (or `default`) giving a single-file checkpoint's architecture"},
+    )
+    allow_pickle: bool = field(default=False, metadata={"help": "allow .ckpt/.pt/.bin checkpoints (runs pickle!)"})
+    overwrite: bool = field(default=False, metadata={"help": "start afresh if the output folder holds other settings"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        for name in ("images_per_prompt", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not (self.guidance_scale == self.guidance_scale) or abs(self.guidance_scale) == float("inf"):
+            raise InputError(f"--guidance-scale must be a finite number, got {self.guidance_scale}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (value < 8 or value % 8):
+                raise InputError(f"--{name} must be a positive multiple of 8, got {value}")
+        if self.seed < 0:
+            raise InputError(f"--seed must be ≥ 0, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    record: PromptRecord
+    index: int  # k-th image of the record
+    file: str  # relative to the output folder
+
+    @property
+    def seed(self) -> int:
+        return self.record.seed + self.index
+
+    def manifest_entry(self) -> dict:
+        return {**self.record.to_json(), "image_index": self.index, "seed": self.seed, "file": self.file}
+
+
+@dataclass
+class GenerationResult:
+    output: Path
+    total: int
+    generated: int
+    skipped: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.generated / self.seconds if self.seconds > 0 else float("nan")
+
+
+def safe_name(text: str, limit: int = 60) -> str:
+    """A file-name stem from arbitrary text: no separators, dots, NULs or control characters."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")[:limit]
+    return stem or "case"
+
+
+def plan_jobs(records: list[PromptRecord], images_per_prompt: int) -> list[ImageJob]:
+    jobs, used = [], set()
+    for record in records:
+        stem = safe_name(record.case_id)
+        if stem in used:  # two case ids that sanitise alike stay apart
+            stem = f"{stem}-{len(used)}"
+        used.add(stem)
+        jobs.extend(ImageJob(record, k, f"{stem}_{k:03d}.png") for k in range(images_per_prompt))
+    return jobs
+
+
+def read_manifest(output: Path) -> dict[str, dict]:
+    """Manifest entries by file; tolerates a missing manifest."""
+    path = output / MANIFEST_NAME
+    if not path.is_file():
+        return {}
+    entries = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            entries[entry["file"]] = entry
+    return entries
+
+
+def _check_settings(output: Path, settings: dict, overwrite: bool) -> None:
+    path = output / SETTINGS_NAME
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text(encoding="utf-8"))
+    changed = [k for k in _IMAGE_SETTINGS if old.get(k) != settings.get(k)]
+    if changed and not overwrite:
+        k = changed[0]
+        raise InputError(
+            f"{output} holds images made with {k}={old.get(k)!r}, not {settings.get(k)!r}; "
+            "use another --output, or --overwrite to start afresh"
+        )
+    if changed:
+        for entry in read_manifest(output).values():
+            (output / entry["file"]).unlink(missing_ok=True)
+        (output / MANIFEST_NAME).unlink(missing_ok=True)
+
+
+def _write_manifest(output: Path, jobs: list[ImageJob], done: set[str]) -> None:
+    lines = [json.dumps(job.manifest_entry(), ensure_ascii=False) for job in jobs if job.file in done]
+    write_text_atomic(output / MANIFEST_NAME, "".join(line + "\n" for line in lines))
+
+
+def generate(config: GenerateConfig, pipe=None) -> GenerationResult:
+    """Draw every image of ``config.prompts`` that ``config.output`` does not hold yet."""
+    # 1. Check inputs and plan the work.
+    records = load_prompts(config.prompts, seed=config.seed)
+    jobs = plan_jobs(records, config.images_per_prompt)
+    output = Path(config.output)
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output {output} is a file; give a folder")
+    settings = asdict(config)
+    _check_settings(output, settings, config.overwrite)
+
+    # 2. Skip what is already there (same file, same prompt and seed in the manifest).
+    existing = read_manifest(output)
+    done = {
+        job.file
+        for job in jobs
+        if (output / job.file).is_file()
+        and existing.get(job.file, {}).get("prompt") == job.record.prompt
+        and existing.get(job.file, {}).get("seed") == job.seed
+    }
+    todo = [job for job in jobs if job.file not in done]
+    if todo and pipe is None:  # load before writing anything, so a bad model leaves no folder behind
+        pipe = load_pipeline(
+            config.model,
+            dtype=config.dtype,
+            device=config.device,
+            config=config.model_config,
+            allow_pickle=config.allow_pickle,
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output / SETTINGS_NAME, settings)
+    if not todo:
+        _write_manifest(output, jobs, done)
+        return GenerationResult(output, len(jobs), 0, len(jobs), 0.0)
+
+    # 3. Generate in batches, writing each image and the manifest as we go.
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), desc="generate", unit="img", disable=not config.progress)
+    for first in range(0, len(todo), config.batch_size):
+        batch = todo[first : first + config.batch_size]
+        images = generate_batch(pipe, batch, config)
+        for job, image in zip(batch, images, strict=True):
+            with atomic_path(output / job.file) as tmp:
+                image.save(tmp, format="PNG")
+            done.add(job.file)
+        _write_manifest(output, jobs, done)
+        bar.update(len(batch))
+    bar.close()
+    seconds = time.perf_counter() - start
+    return GenerationResult(output, len(jobs), len(todo), len(jobs) - len(todo), seconds)
+
+
+@torch.no_grad()
+def generate_batch(pipe, jobs: list[ImageJob], config: GenerateConfig) -> list:
+    """One pipeline call; each image starts from its own seeded CPU generator."""
+    generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
+    negative = [config.negative_prompt] * len(jobs) if config.negative_prompt else None
+    out = pipe(
+        prompt=[job.record.prompt for job in jobs],
+        negative_prompt=negative,
+        num_inference_steps=config.steps,
+        guidance_scale=config.guidance_scale,
+        height=config.height,
+        width=config.width,
+        generator=generators,
+        output_type="pil",
+    )
+    return out.images

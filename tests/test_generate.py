@@ -1,0 +1,169 @@
+"""Batch generation: seeded images, resume after interruption, a manifest without holes or
+duplicates, file names that stay inside the output folder, and clean CLI errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import pipelines.generate as generation
+from erase.cli import main
+from pipelines.generate import GenerateConfig, generate, plan_jobs, read_manifest, safe_name
+from prompts import InputError, PromptRecord
+
+
+@pytest.fixture()
+def prompts_file(write):
+    return write("prompts.txt", "a red circle\na blue square\na green cat\n")
+
+
+def config(tiny_pipeline_dir, prompts, output, **kw) -> GenerateConfig:
+    settings = {"steps": 2, "device": "cpu", "progress": False} | kw
+    return GenerateConfig(prompts=str(prompts), output=str(output), model=str(tiny_pipeline_dir), **settings)
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_same_record_and_seed_give_identical_images_across_batch_sizes(tiny_pipeline_dir, prompts_file, tmp_path):
+    a = generate(config(tiny_pipeline_dir, prompts_file, tmp_path / "a", images_per_prompt=2, batch_size=6))
+    b = generate(config(tiny_pipeline_dir, prompts_file, tmp_path / "b", images_per_prompt=2, batch_size=4))
+    assert a.generated == b.generated == 6
+    files = sorted(read_manifest(tmp_path / "a"))
+    assert files == sorted(read_manifest(tmp_path / "b"))
+    for name in files:
+        assert np.array_equal(pixels(tmp_path / "a" / name), pixels(tmp_path / "b" / name)), name
+    # ...and different seeds give different images.
+    assert not np.array_equal(pixels(tmp_path / "a" / files[0]), pixels(tmp_path / "a" / files[1]))
+
+
+def test_rerun_skips_finished_images_and_refills_a_missing_one(tiny_pipeline_dir, prompts_file, tmp_path):
+    out = tmp_path / "out"
+    generate(config(tiny_pipeline_dir, prompts_file, out, images_per_prompt=2))
+    before = {name: pixels(out / name) for name in read_manifest(out)}
+    (out / "1_001.png").unlink()
+    again = generate(config(tiny_pipeline_dir, prompts_file, out, images_per_prompt=2))
+    assert (again.generated, again.skipped) == (1, 5)
+    assert np.array_equal(pixels(out / "1_001.png"), before["1_001.png"])
+    third = generate(config(tiny_pipeline_dir, prompts_file, out, images_per_prompt=2))
+    assert (third.generated, third.skipped) == (0, 6)
+
+
+def test_interrupted_run_leaves_complete_images_and_manifest(tiny_pipeline_dir, prompts_file, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real = generation.generate_batch
+    calls = []
+
+    def dies_on_second_batch(pipe, jobs, cfg):
+        calls.append(len(jobs))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(pipe, jobs, cfg)
+
+    monkeypatch.setattr(generation, "generate_batch", dies_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        generate(config(tiny_pipeline_dir, prompts_file, out, batch_size=2))
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert [json.loads(line)["file"] for line in lines] == ["0_000.png", "1_000.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["0_000.png", "1_000.png"]
+    assert not list(out.glob(".*tmp"))
+    monkeypatch.setattr(generation, "generate_batch", real)
+    result = generate(config(tiny_pipeline_dir, prompts_file, out, batch_size=2))
+    assert (result.generated, result.skipped) == (1, 2)
+    entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [e["file"] for e in entries] == ["0_000.png", "1_000.png", "2_000.png"]
+    assert [e["seed"] for e in entries] == [0, 1, 2]
+
+
+def test_other_settings_in_the_same_folder_are_refused(tiny_pipeline_dir, prompts_file, tmp_path):
+    out = tmp_path / "out"
+    generate(config(tiny_pipeline_dir, prompts_file, out))
+    with pytest.raises(InputError, match="made with steps=2, not 3.*--overwrite"):
+        generate(config(tiny_pipeline_dir, prompts_file, out, steps=3))
+    result = generate(config(tiny_pipeline_dir, prompts_file, out, steps=3, overwrite=True))
+    assert result.generated == 3
+
+
+@pytest.mark.parametrize("case_id", ["../../x", "a/b\\c", "nul\x00byte", "x" * 300, "..", ""])
+def test_file_names_from_case_ids_stay_inside_the_folder(case_id):
+    name = safe_name(case_id)
+    assert name and "/" not in name and "\\" not in name and "\x00" not in name and ".." not in name
+    assert len(name) <= 60
+
+
+def test_case_ids_that_sanitise_alike_get_distinct_files():
+    records = [PromptRecord("a/b", "p", 0), PromptRecord("a-b", "q", 1)]
+    files = [job.file for job in plan_jobs(records, 1)]
+    assert len(set(files)) == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("steps", 0, "--steps must be at least 1"),
+        ("batch_size", -1, "--batch-size must be at least 1"),
+        ("guidance_scale", float("nan"), "finite"),
+        ("height", 12, "multiple of 8"),
+        ("seed", -1, "--seed must be"),
+    ],
+)
+def test_config_rejects_out_of_range_numbers(field, value, message):
+    with pytest.raises(InputError, match=message):
+        GenerateConfig(prompts="p.txt", output="o", **{field: value})
+
+
+def test_cli_generates_and_writes_a_grid(tiny_pipeline_dir, prompts_file, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(tiny_pipeline_dir),
+            "--prompts",
+            str(prompts_file),
+            "--output",
+            str(out),
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--grid",
+        ]
+    )
+    assert code == 0
+    assert "3 images generated, 0 already there" in capsys.readouterr().out
+    assert Image.open(out / "grid.png").size == (32, 32)  # 2×2 cells of 16 px
+    assert json.loads((out / "generation.json").read_text())["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prompts", "no-such.txt"], "no-such.txt: no such file or shipped list"),
+        (["--model", "/no/such/model"], "cannot load model '/no/such/model'"),
+        (["--steps", "0"], "--steps must be at least 1"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(prompts_file, tmp_path, capsys, args, message):
+    out = tmp_path / "never"
+    base = {"--prompts": str(prompts_file), "--model": "default", "--steps": "2"}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    argv = ["generate", "--output", str(out), "--device", "cpu", "--no-progress"]
+    argv += [x for kv in base.items() for x in kv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("erase generate: error:") and message in err
+    assert "\n" not in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_cli_unknown_choice_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "--prompts", "p.txt", "--output", "o", "--dtype", "float8"])
+    assert info.value.code == 2
+    assert "invalid choice: 'float8'" in capsys.readouterr().err

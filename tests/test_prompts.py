@@ -1,0 +1,119 @@
+"""Prompt lists: both formats parse, shipped lists are valid, and every malformed file gets an
+error that names the file, the line and the problem."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from prompts import PromptFileError, load_prompts, read_prompt_file, shipped_lists
+from prompts.shipped import LISTS_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_txt_skips_blanks_and_comments_and_numbers_seeds(write):
+    path = write("p.txt", "# header\n\na cat\n  a dog  \n# note\na bird\n")
+    records = read_prompt_file(path, seed=10)
+    assert [r.prompt for r in records] == ["a cat", "a dog", "a bird"]
+    assert [r.seed for r in records] == [10, 11, 12]
+    assert [r.case_id for r in records] == ["0", "1", "2"]
+
+
+def test_csv_reads_esd_columns_labels_and_artist_alias(write):
+    path = write(
+        "p.csv",
+        'case_number,prompt,evaluation_seed,class,artist\n7,"a church, at night",42,church,Monet\n8,a dog,5,,\n',
+    )
+    first, second = read_prompt_file(path)
+    assert (first.case_id, first.prompt, first.seed) == ("7", "a church, at night", 42)
+    assert first.labels == {"class": "church", "style": "Monet"}
+    assert second.labels == {}
+
+
+BAD_FILES = [
+    ("missing.csv", None, "file not found"),
+    ("p.json", "{}", "unsupported extension"),
+    ("empty.txt", "", "holds no prompts"),
+    ("comments.txt", "# only a comment\n", "holds no prompts"),
+    ("latin1.txt", "a cat\nna\xefve\n".encode("latin-1"), "2: not UTF-8"),
+    ("nul.txt", b"a cat\na\x00dog\n", "2: contains a NUL byte"),
+    ("noheader.csv", "\n", "1: no header"),
+    ("missing-col.csv", "case_number,prompt\n1,a cat\n", "1: missing column(s) evaluation_seed"),
+    ("extra-col.csv", "case_number,prompt,evaluation_seed,colour\n1,a,2,red\n", "1: unknown column 'colour'"),
+    ("twice.csv", "case_number,prompt,evaluation_seed,prompt\n1,a,2,b\n", "1: column 'prompt' appears twice"),
+    ("bad-seed.csv", "case_number,prompt,evaluation_seed\n1,a cat,x\n", "2: evaluation_seed 'x' is not an integer"),
+    ("neg-seed.csv", "case_number,prompt,evaluation_seed\n1,a cat,-3\n", "2: evaluation_seed -3 is out of range"),
+    ("fields.csv", "case_number,prompt,evaluation_seed\n1,a cat, small,3\n", "2: 4 fields, but the header has 3"),
+    ("empty-prompt.csv", "case_number,prompt,evaluation_seed\n1,a,1\n2,  ,3\n", "3: empty prompt"),
+    ("dup.csv", "case_number,prompt,evaluation_seed\n1,a,1\n1,b,2\n", "3: case_number '1' repeats line 2"),
+    ("no-case.csv", "case_number,prompt,evaluation_seed\n,a,1\n", "2: empty case_number"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_malformed_files_name_file_line_and_problem(write, tmp_path, name, content, expected):
+    path = tmp_path / name if content is None else write(name, content)
+    with pytest.raises(PromptFileError) as info:
+        read_prompt_file(path)
+    message = str(info.value)
+    assert message.startswith(str(path)), message
+    assert expected in message, message
+    assert "\n" not in message
+
+
+def test_a_folder_is_refused(tmp_path):
+    (tmp_path / "dir.txt").mkdir()
+    with pytest.raises(PromptFileError, match="is a folder"):
+        read_prompt_file(tmp_path / "dir.txt")
+
+
+def test_unknown_shipped_name_lists_what_exists():
+    with pytest.raises(PromptFileError, match="no such file or shipped list.*default/"):
+        load_prompts("default/no-such-list")
+
+
+def test_every_shipped_list_parses_and_the_expected_ones_exist():
+    names = shipped_lists()
+    for required in (
+        "default/digits",
+        "default/classes/three-forget",
+        "default/styles/red-retain",
+        "sd/imagenette",
+        "sd/artists",
+        "sd/retain-general",
+    ):
+        assert required in names
+    for name in names:
+        assert load_prompts(name), name
+
+
+def test_default_lists_partition_the_digit_prompts():
+    everything = {r.prompt for r in load_prompts("default/digits")}
+    assert len(everything) == 40
+    for kind, key in (("classes", "three"), ("styles", "red")):
+        forget = {r.prompt for r in load_prompts(f"default/{kind}/{key}-forget")}
+        retain = {r.prompt for r in load_prompts(f"default/{kind}/{key}-retain")}
+        assert not forget & retain
+        assert forget | retain == everything
+        assert all(key in p for p in forget) and not any(key in p for p in retain)
+
+
+def test_imagenette_list_covers_ten_classes_with_templates():
+    records = load_prompts("sd/imagenette")
+    classes = {r.labels["class"] for r in records}
+    assert len(classes) == 10 and "church" in classes
+    assert all(r.labels["class"] in r.prompt for r in records)
+
+
+def test_committed_lists_match_the_generator_script():
+    spec = importlib.util.spec_from_file_location("make_prompt_lists", ROOT / "scripts" / "make_prompt_lists.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    expected = module.all_lists()
+    committed = {str(p.relative_to(LISTS_DIR)) for p in LISTS_DIR.rglob("*") if p.is_file()}
+    assert committed == set(expected)
+    for relative, text in expected.items():
+        assert (LISTS_DIR / relative).read_text(encoding="utf-8") == text, relative
