@@ -18,10 +18,12 @@ from prompts.errors import InputError
 COMMANDS = {
     "generate": "erase.commands.generate",
     "prompts": "erase.commands.prompts",
+    "train": "erase.commands.train",
 }
 HELP = {
     "generate": "draw images for a prompt list (seeded, batched, resumable)",
     "prompts": "list the shipped prompt lists, or show one",
+    "train": "erase a concept: fine-tune the UNet, write a run folder",
 }
 
 

@@ -24,8 +24,14 @@ def _unwrap_optional(hint: Any) -> Any:
     return hint
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add one flag per field of dataclass ``cls`` (except ``skip``)."""
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), layered: bool = False
+) -> None:
+    """Add one flag per field of dataclass ``cls`` (except ``skip``).
+
+    ``layered``: flags the user did not give stay out of the namespace (argparse.SUPPRESS), so
+    ``dataclass_from_layers`` can put them over a config file's values over the field defaults.
+    """
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if field.name in skip:
@@ -36,7 +42,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
         has_default = field.default is not dataclasses.MISSING
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction if field.default else "store_true"
-            kwargs["default"] = field.default
+            kwargs["default"] = argparse.SUPPRESS if layered else field.default
         else:
             if typing.get_origin(hint) is Literal:
                 kwargs["choices"] = list(typing.get_args(hint))
@@ -44,9 +50,12 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
             else:
                 kwargs["type"] = hint
             if has_default:
-                kwargs["default"] = field.default
+                kwargs["default"] = argparse.SUPPRESS if layered else field.default
                 if field.default is not None:
                     kwargs["help"] += f" (default: {field.default})"
+            elif layered:
+                kwargs["default"] = argparse.SUPPRESS
+                kwargs["help"] += " (required, here or in --config)"
             else:
                 kwargs["required"] = True
         parser.add_argument(flag, **kwargs)
@@ -55,3 +64,60 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: tu
 def dataclass_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     return cls(**(values | overrides))
+
+
+def read_config_file(path: str, cls: type) -> dict[str, Any]:
+    """Values from a .toml, .yaml/.yml or .json file whose keys are ``cls``'s fields (dashes or
+    underscores). Unknown keys are refused with the list of known ones."""
+    import json
+    from pathlib import Path
+
+    from prompts.errors import InputError
+
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"--config {path}: file not found")
+    text = file.read_text(encoding="utf-8")
+    try:
+        if file.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif file.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif file.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise InputError(f"--config {path}: unsupported format {file.suffix!r}; use .toml, .yaml or .json")
+    except InputError:
+        raise
+    except Exception as err:  # the parsers' own error types differ; all mean "not valid syntax"
+        raise InputError(f"--config {path}: cannot parse ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"--config {path}: expected a table of settings at the top level")
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise InputError(f"--config {path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+        values[name] = value
+    return values
+
+
+def dataclass_from_layers(cls: type[T], args: argparse.Namespace, file_values: dict[str, Any] | None = None) -> T:
+    """Field defaults < config file < flags given on the command line."""
+    from prompts.errors import InputError
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values = (file_values or {}) | given
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise InputError(f"--{missing[0].replace('_', '-')} is required (on the command line or in --config)")
+    return cls(**values)

@@ -1,0 +1,1 @@
+"""Evaluation: classifiers and metrics over generated images (reads images and records only)."""

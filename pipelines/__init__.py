@@ -1,0 +1,1 @@
+"""Everything that builds or calls diffusers pipelines: loading, generation, the default model."""

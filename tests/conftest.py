@@ -100,3 +100,11 @@ def write(tmp_path):
         return path
 
     return _write
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _bank_cache(tmp_path_factory):
+    """Latent banks go to a per-session folder, never to the user's cache."""
+    import os
+
+    os.environ["ERASE_CACHE_DIR"] = str(tmp_path_factory.mktemp("erase-cache"))

@@ -1,0 +1,1 @@
+"""The embedded default model: its data (render), its configs (architecture) and its weights (model/)."""

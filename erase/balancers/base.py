@@ -1,0 +1,103 @@
+"""The interface every balancer implements, and the registry that names them.
+
+A balancer turns one batch's unlearning loss ℓ_u and retain loss ℓ_r into the parameter
+gradient the optimiser applies (METHOD.md, "The constrained step"), and keeps whatever state it
+needs (λ) in ``state_dict`` so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+# backward(loss, retain_graph=...) — accelerate's Accelerator.backward in the loop.
+Backward = Callable[..., None]
+
+
+@dataclass
+class BalancerSettings:
+    """Numbers the balancers read; which ones matter is said in each balancer's docstring.
+
+    ``retain_budget`` (ε_abs) and ``lambda_lr`` (β_abs) are in loss units per step: λ rises when
+    ℓ_r grew by more than ε_abs in one step. ``explicit`` converts ε_abs to its gradient-space
+    ε = ε_abs / learning_rate (exact for SGD, approximate for Adam).
+    """
+
+    retain_weight: float = 1.0  # w, for `weighted`
+    retain_budget: float = 0.0  # ε_abs ≥ 0
+    lambda_lr: float = 1.0  # β_abs > 0
+    lambda_max: float = 100.0  # D
+    lambda_init: float = 0.0
+    learning_rate: float = 1e-5  # α, for the explicit variant's ε conversion
+
+
+class Balancer(ABC):
+    name: ClassVar[str]
+    needs_retain: ClassVar[bool] = True
+    backward_passes: ClassVar[int] = 1
+
+    def __init__(self, settings: BalancerSettings):
+        self.settings = settings
+
+    @abstractmethod
+    def backward(
+        self,
+        loss_forget: torch.Tensor,
+        loss_retain: torch.Tensor | None,
+        params: list[torch.Tensor],
+        backward: Backward,
+        retain_value: float | None = None,
+    ) -> dict[str, float]:
+        """Leave the update direction d in ``p.grad`` for every ``p`` in ``params``; return log values.
+
+        ``retain_value`` is ℓ_r averaged over all processes (the loop passes it so that λ stays
+        the same on every GPU); when absent the local value is used."""
+
+    def after_step(self, loss_retain_before: float | None, retain_after: Callable[[], float]) -> dict[str, float]:
+        """Called after ``optimizer.step()``; ``retain_after()`` re-evaluates ℓ_r on the same batch."""
+        return {}
+
+    def state_dict(self) -> dict[str, float]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        pass
+
+
+BALANCERS: dict[str, type[Balancer]] = {}
+
+
+def register_balancer(cls: type[Balancer]) -> type[Balancer]:
+    BALANCERS[cls.name] = cls
+    return cls
+
+
+def build_balancer(name: str, settings: BalancerSettings) -> Balancer:
+    if name not in BALANCERS:
+        raise KeyError(f"unknown balancer {name!r}; choose one of {', '.join(BALANCERS)}")
+    return BALANCERS[name](settings)
+
+
+class LagrangeMultiplier:
+    """λ for the implicit variants, updated from loss values only (METHOD.md, loss units):
+
+    λ ← clip(λ + β_abs·(Δℓ_r − ε_abs), 0, D),   Δℓ_r = ℓ_r(θ_{t+1}) − ℓ_r(θ_t)
+    """
+
+    def __init__(self, lr: float, budget: float, maximum: float, initial: float = 0.0):
+        self.lr, self.budget, self.maximum = lr, budget, maximum
+        self.value = float(min(max(initial, 0.0), maximum))
+
+    def update(self, retain_increase: float) -> float:
+        self.value = float(min(max(self.value + self.lr * (retain_increase - self.budget), 0.0), self.maximum))
+        return self.value
+
+    def state_dict(self) -> dict[str, float]:
+        return {"lambda": self.value}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.value = float(state["lambda"])

@@ -1,0 +1,80 @@
+"""Resumable training checkpoints made only of safetensors and JSON (no pickles).
+
+A checkpoint holds the trainable tensors, Adam's state, the balancer's state (λ), the step and
+the data generator's RNG state, so a resumed run draws the same batches, noise and timesteps
+and ends where an uninterrupted one would. Each checkpoint is written to a temporary folder and
+renamed; the previous one is removed only after the new one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipelines.files import atomic_folder
+
+CHECKPOINTS = "checkpoints"
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, slots in state["state"].items():
+        for name, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    trainable: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    balancer_state: dict,
+    generator: torch.Generator,
+) -> Path:
+    root = Path(run_dir) / CHECKPOINTS
+    target = root / f"step-{step:07d}"
+    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    with atomic_folder(target, overwrite=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
+        save_file(opt_tensors | {"__rng__": generator.get_state()}, str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"step": step, "balancer": balancer_state, "optimizer": opt_meta}))
+    for old in root.glob("step-*"):
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted(p for p in (Path(run_dir) / CHECKPOINTS).glob("step-*") if (p / "state.json").is_file())
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict, dict, torch.Tensor]:
+    """(step, trainable tensors, optimizer state_dict, balancer state, RNG state)."""
+    meta = json.loads((path / "state.json").read_text())
+    opt = load_file(str(path / "optimizer.safetensors"))
+    rng = opt.pop("__rng__")
+    return (
+        meta["step"],
+        load_file(str(path / "trainable.safetensors")),
+        _optimizer_state(opt, meta["optimizer"]),
+        meta["balancer"],
+        rng,
+    )

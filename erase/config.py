@@ -1,0 +1,90 @@
+"""``TrainConfig``: everything ``erase train`` does, typed; the CLI flags are its fields."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from erase.balancers import BALANCERS
+from erase.params import PARAMETER_SETS
+from prompts import InputError
+
+Method = Literal["eupmu", "eupmu-fast", "explicit", "weighted", "none"]
+ParameterSet = Literal["xattn", "noxattn", "full"]
+UnlearnLoss = Literal["negative-guidance", "anchor"]
+assert set(Method.__args__) == set(BALANCERS) and set(ParameterSet.__args__) == set(PARAMETER_SETS)
+
+
+@dataclass
+class TrainConfig:
+    output: str = field(metadata={"help": "run folder to create (a diffusers pipeline folder + config + log)"})
+    concept: str | None = field(default=None, metadata={"help": "the prompt to erase (or give --forget)"})
+    forget: str | None = field(default=None, metadata={"help": "prompt list whose prompts are all erased"})
+    retain: str | None = field(
+        default=None,
+        metadata={"help": "prompt list to preserve (default model: the digit prompts not being erased)"},
+    )
+    model: str = field(default="default", metadata={"help": "base model: `default`, a folder, a file, a cached id"})
+    method: Method = field(default="eupmu", metadata={"help": "how ℓ_u and ℓ_r are balanced"})
+    parameters: ParameterSet = field(default="xattn", metadata={"help": "which UNet parameters are trained"})
+    loss: UnlearnLoss = field(default="negative-guidance", metadata={"help": "the unlearning loss ℓ_u"})
+    anchor: str = field(default="", metadata={"help": 'anchor prompt for --loss anchor ("" = unconditional)'})
+    eta: float = field(default=1.0, metadata={"help": "negative-guidance strength η"})
+    steps: int = field(default=200, metadata={"help": "optimisation steps"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate α"})
+    batch_size: int = field(default=8, metadata={"help": "forget (and retain) latents per step"})
+    retain_budget: float = field(
+        default=1e-4, metadata={"help": "ε_abs: allowed rise of ℓ_r per step, in loss units (eupmu*, explicit)"}
+    )
+    lambda_lr: float = field(default=100.0, metadata={"help": "β_abs: λ's step per unit of budget overrun"})
+    lambda_max: float = field(default=100.0, metadata={"help": "D: λ is clipped to [0, D]"})
+    retain_weight: float = field(default=1.0, metadata={"help": "w for --method weighted"})
+    mask: Literal["none", "feasible"] = field(default="none", metadata={"help": "masked feasible updates plug-in"})
+    mask_delta: float = field(default=0.05, metadata={"help": "mask: 1 − confidence of the sign test"})
+    mask_micro_batches: int = field(default=4, metadata={"help": "mask: micro-batches for the retain-gradient spread"})
+    bank_size: int = field(default=8, metadata={"help": "latents generated per prompt for the latent bank"})
+    bank_steps: int = field(default=20, metadata={"help": "sampler steps used to fill the latent bank"})
+    bank_guidance: float = field(default=5.0, metadata={"help": "guidance used to fill the latent bank"})
+    t_min: int = field(default=0, metadata={"help": "smallest training timestep"})
+    t_max: int = field(default=999, metadata={"help": "largest training timestep"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(
+        default="no", metadata={"help": "Accelerate mixed precision"}
+    )
+    checkpoint_every: int = field(default=50, metadata={"help": "steps between resumable checkpoints"})
+    seed: int = field(default=0, metadata={"help": "seed for the bank, batches, noise and timesteps"})
+    resume: bool = field(default=False, metadata={"help": "continue the run in --output from its last checkpoint"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --output"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        if self.concept is not None and not self.concept.strip():
+            raise InputError('--concept is empty; give the prompt to erase, e.g. "a plain drawing of the digit three"')
+        if (self.concept is None) == (self.forget is None):
+            raise InputError("give exactly one of --concept (a prompt) or --forget (a prompt list)")
+        for name in ("steps", "batch_size", "bank_size", "bank_steps", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in (
+            "eta",
+            "learning_rate",
+            "retain_budget",
+            "lambda_lr",
+            "lambda_max",
+            "retain_weight",
+            "max_grad_norm",
+            "bank_guidance",
+            "mask_delta",
+        ):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise InputError(f"--{name.replace('_', '-')} must be a finite number ≥ 0, got {value}")
+        if self.learning_rate == 0 or self.lambda_lr == 0:
+            raise InputError("--learning-rate and --lambda-lr must be > 0")
+        if not 0 <= self.t_min <= self.t_max <= 999:
+            raise InputError(f"timesteps must satisfy 0 ≤ --t-min ≤ --t-max ≤ 999, got {self.t_min}..{self.t_max}")
+        if self.mask == "feasible" and (self.mask_micro_batches < 2 or not 0 < self.mask_delta < 0.5):
+            raise InputError("--mask feasible needs --mask-micro-batches ≥ 2 and 0 < --mask-delta < 0.5")
+        if self.mask == "feasible" and self.batch_size % self.mask_micro_batches:
+            raise InputError("--batch-size must be a multiple of --mask-micro-batches")

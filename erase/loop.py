@@ -1,0 +1,334 @@
+"""The erasure loop on Hugging Face Accelerate: setup → train → save (torchtune-style recipe).
+
+Per step (METHOD.md): draw forget and retain latents from the bank, noise them to a random t,
+compute the frozen model's targets without grad, the trainable model's ℓ_u and ℓ_r, let the
+balancer turn them into a gradient (optionally masked), clip, step Adam, and let the balancer
+update λ. Runs on one CPU, one GPU, or several GPUs under ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from diffusers import DDPMScheduler
+from tqdm.auto import tqdm
+
+from erase import losses
+from erase.balancers import BalancerSettings, build_balancer
+from erase.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from erase.config import TrainConfig
+from erase.mask import FeasibleMask
+from erase.params import select_parameters
+from pipelines.files import atomic_folder, write_json_atomic
+from pipelines.latents import encode_prompts, generate_latents
+from pipelines.loading import DEFAULT_MODEL_DIR, load_pipeline
+from prompts import InputError, load_prompts
+
+CONFIG_NAME = "train_config.json"
+LOG_NAME = "train_log.jsonl"
+
+
+class NonFiniteLossError(InputError):
+    """A loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def resolve_prompts(config: TrainConfig) -> tuple[list[str], list[str]]:
+    """(forget prompts, retain prompts). For the default model the retain set defaults to every
+    shipped digit prompt that is not being erased."""
+    forget = [config.concept.strip()] if config.concept else [r.prompt for r in load_prompts(config.forget)]
+    if config.retain:
+        retain = [r.prompt for r in load_prompts(config.retain)]
+    elif config.model == "default" or Path(config.model).resolve() == DEFAULT_MODEL_DIR.resolve():
+        retain = [r.prompt for r in load_prompts("default/digits") if r.prompt not in forget]
+    else:
+        retain = []
+    retain = [p for p in dict.fromkeys(retain) if p not in forget]
+    needs_retain = config.method != "none" or config.mask == "feasible"
+    if needs_retain and not retain:
+        raise InputError(
+            f"--method {config.method} needs retain prompts; give --retain (e.g. sd/retain-general) "
+            "or use --method none"
+        )
+    return list(dict.fromkeys(forget)), retain
+
+
+class ErasureRun:
+    """setup() once, then train(); ``trainable`` is the UNet being erased."""
+
+    def __init__(self, config: TrainConfig, pipe=None):
+        self.config = config
+        self.pipe = pipe
+        self.output = Path(config.output)
+
+    # 1. Setup -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.config
+        self._check_output()
+        self.forget_prompts, self.retain_prompts = resolve_prompts(cfg)
+        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+        device = self.accelerator.device
+        if self.pipe is None:
+            self.pipe = load_pipeline(cfg.model, device=str(device))
+        pipe = self.pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        show = cfg.progress and self.accelerator.is_local_main_process
+
+        # Prompt embeddings, once: forget, retain, the null prompt and the anchor.
+        self.emb_forget = encode_prompts(pipe, self.forget_prompts)  # (F, 77, D)
+        self.emb_retain = encode_prompts(pipe, self.retain_prompts) if self.retain_prompts else None
+        self.emb_null = encode_prompts(pipe, [""])  # (1, 77, D)
+        self.emb_anchor = encode_prompts(pipe, [cfg.anchor])
+
+        # The latent bank: x_0 from the frozen model (cached on disk).
+        bank = dict(
+            per_prompt=cfg.bank_size, seed=cfg.seed, steps=cfg.bank_steps, guidance=cfg.bank_guidance, progress=show
+        )
+        self.bank_forget = generate_latents(pipe, self.forget_prompts, desc="forget bank", **bank).to(device)
+        self.bank_retain = (
+            generate_latents(pipe, self.retain_prompts, desc="retain bank", **bank).to(device)
+            if self.retain_prompts
+            else None
+        )
+
+        # Frozen copy and trainable UNet.
+        self.frozen = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
+        unet = pipe.unet
+        named = select_parameters(unet, cfg.parameters)
+        self.param_names = [n for n, _ in named]
+        optimizer = torch.optim.Adam([p for _, p in named], lr=cfg.learning_rate)
+        self.unet, self.optimizer = self.accelerator.prepare(unet.train(), optimizer)
+        self.params = [p for _, p in named]
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.balancer = build_balancer(
+            cfg.method,
+            BalancerSettings(
+                retain_weight=cfg.retain_weight,
+                retain_budget=cfg.retain_budget,
+                lambda_lr=cfg.lambda_lr,
+                lambda_max=cfg.lambda_max,
+                learning_rate=cfg.learning_rate,
+            ),
+        )
+        self.mask = FeasibleMask(cfg.mask_delta, cfg.mask_micro_batches) if cfg.mask == "feasible" else None
+        self.generator = torch.Generator().manual_seed(cfg.seed + 7919 * self.accelerator.process_index)
+        self.start_step = 0
+        if cfg.resume and (ckpt := latest_checkpoint(self.output)) is not None:
+            self._restore(ckpt)
+        if self.accelerator.is_main_process:
+            write_json_atomic(
+                self.output / CONFIG_NAME,
+                asdict(cfg)
+                | {
+                    "forget_prompts": self.forget_prompts,
+                    "retain_prompts": self.retain_prompts,
+                    "base_model": cfg.model,
+                },
+            )
+
+    def _check_output(self) -> None:
+        cfg = self.config
+        if self.output.exists() and not self.output.is_dir():
+            raise InputError(f"--output {self.output} is a file; give a folder")
+        if self.output.exists() and any(self.output.iterdir()):
+            if cfg.resume:
+                return
+            if not cfg.overwrite:
+                raise InputError(
+                    f"--output {self.output} already exists; use --resume to continue it, "
+                    "--overwrite to replace it, or another folder"
+                )
+            shutil.rmtree(self.output)
+        elif cfg.resume:
+            raise InputError(f"--resume given but {self.output} holds no run to resume")
+
+    def _restore(self, path: Path) -> None:
+        step, trainable, opt_state, balancer_state, rng = load_checkpoint(path)
+        unet = self.accelerator.unwrap_model(self.unet)
+        missing = set(self.param_names) - set(trainable)
+        if missing:
+            raise InputError(
+                f"checkpoint {path} does not match this run's parameter set (missing {sorted(missing)[0]})"
+            )
+        with torch.no_grad():
+            for name, param in unet.named_parameters():
+                if name in trainable:
+                    param.copy_(trainable[name].to(param.device, param.dtype))
+        self.optimizer.load_state_dict(opt_state)
+        self.balancer.load_state_dict(balancer_state)
+        self.generator.set_state(rng)
+        self.start_step = step
+
+    # 2. One step ----------------------------------------------------------------------------
+    def _draw(self, bank: torch.Tensor, embeddings: torch.Tensor, batch: int):
+        """Latents, timesteps, noise and the prompt states of ``batch`` random bank entries."""
+        prompts, per_prompt = bank.shape[:2]
+        index = torch.randint(0, prompts * per_prompt, (batch,), generator=self.generator)
+        t = torch.randint(self.config.t_min, self.config.t_max + 1, (batch,), generator=self.generator)
+        noise = torch.randn((batch, *bank.shape[2:]), generator=self.generator)
+        device = bank.device
+        x0 = bank.flatten(0, 1)[index.to(device)]
+        t, noise = t.to(device), noise.to(device, x0.dtype)
+        x_t = self.noise_scheduler.add_noise(x0, noise, t)  # (B, 4, h, w)
+        return x_t, t, noise, embeddings[(index // per_prompt).to(device)]
+
+    def _retain_terms(self, x_t, t, states):
+        with torch.no_grad(), self.accelerator.autocast():
+            target = self.frozen(x_t, t, states).sample
+        return target
+
+    def _step_losses(self, batch) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+        cfg = self.config
+        x_f, t_f, _, states_f = batch["forget"]
+        b = x_f.shape[0]
+        with torch.no_grad(), self.accelerator.autocast():
+            if cfg.loss == "negative-guidance":
+                eps_null = self.frozen(x_f, t_f, self.emb_null.expand(b, -1, -1)).sample
+                eps_concept = self.frozen(x_f, t_f, states_f).sample
+            else:
+                eps_anchor = self.frozen(x_f, t_f, self.emb_anchor.expand(b, -1, -1)).sample
+        with self.accelerator.autocast():
+            eps_forget = self.unet(x_f, t_f, states_f).sample
+            if cfg.loss == "negative-guidance":
+                loss_u = losses.negative_guidance_loss(
+                    eps_forget.float(), eps_null.float(), eps_concept.float(), cfg.eta
+                )
+            else:
+                loss_u = losses.anchor_loss(eps_forget.float(), eps_anchor.float())
+            loss_r = None
+            if "retain" in batch:
+                x_r, t_r, _, states_r = batch["retain"]
+                loss_r = losses.retain_loss(
+                    self.unet(x_r, t_r, states_r).sample.float(), batch["retain_target"].float()
+                )
+        return loss_u, loss_r, {}
+
+    def _retain_value_now(self, batch) -> float:
+        """ℓ_r on the same batch, noise and timesteps at the current weights (no grad)."""
+        x_r, t_r, _, states_r = batch["retain"]
+        with torch.no_grad(), self.accelerator.autocast():
+            value = losses.retain_loss(self.unet(x_r, t_r, states_r).sample.float(), batch["retain_target"].float())
+        return self.accelerator.reduce(value.detach(), "mean").item()
+
+    def _retain_gradient_samples(self, batch) -> torch.Tensor:
+        """(m, n) retain gradients over m micro-batches, for the feasible mask."""
+        x_r, t_r, _, states_r = batch["retain"]
+        target = batch["retain_target"]
+        samples = []
+        for part in torch.arange(x_r.shape[0], device=x_r.device).chunk(self.mask.micro_batches):
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.accelerator.autocast():
+                loss = losses.retain_loss(
+                    self.unet(x_r[part], t_r[part], states_r[part]).sample.float(), target[part].float()
+                )
+            self.accelerator.backward(loss)
+            samples.append(torch.cat([p.grad.reshape(-1).float() for p in self.params]))
+        self.optimizer.zero_grad(set_to_none=True)
+        return torch.stack(samples)
+
+    def train_step(self) -> dict:
+        cfg = self.config
+        batch = {"forget": self._draw(self.bank_forget, self.emb_forget, cfg.batch_size)}
+        if self.bank_retain is not None:
+            batch["retain"] = self._draw(self.bank_retain, self.emb_retain, cfg.batch_size)
+            x_r, t_r, _, states_r = batch["retain"]
+            batch["retain_target"] = self._retain_terms(x_r, t_r, states_r)
+        samples = self._retain_gradient_samples(batch) if self.mask is not None else None
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_u, loss_r, _ = self._step_losses(batch)
+        value_u = self.accelerator.reduce(loss_u.detach(), "mean").item()
+        value_r = self.accelerator.reduce(loss_r.detach(), "mean").item() if loss_r is not None else None
+        if not math.isfinite(value_u) or (value_r is not None and not math.isfinite(value_r)):
+            raise NonFiniteLossError(
+                f"loss became {value_u if not math.isfinite(value_u) else value_r} at step {self.step + 1}; "
+                "lower --learning-rate or use --mixed-precision no (the last good checkpoint is kept)"
+            )
+        log = {"loss_forget": value_u, "loss_retain": value_r}
+        log |= self.balancer.backward(loss_u, loss_r, self.params, self.accelerator.backward, value_r)
+        if samples is not None:
+            direction = torch.cat([p.grad.reshape(-1).float() for p in self.params])
+            masked, log["mask_kept"] = self.mask.apply(direction, samples)
+            offset = 0
+            for p in self.params:
+                p.grad = masked[offset : offset + p.numel()].view_as(p).to(p.dtype)
+                offset += p.numel()
+        if cfg.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.optimizer.step()
+        if value_r is not None:
+            log |= self.balancer.after_step(value_r, lambda: self._retain_value_now(batch))
+        if "retain_increase" in log and cfg.retain_budget > 0:
+            log["budget_used"] = log["retain_increase"] / cfg.retain_budget
+        return log
+
+    # 3. Loop and save ---------------------------------------------------------------------
+    def train(self) -> Path:
+        cfg = self.config
+        acc = self.accelerator
+        log_path = self.output / LOG_NAME
+        if self.start_step == 0 and acc.is_main_process:
+            log_path.unlink(missing_ok=True)
+        elif acc.is_main_process and log_path.exists():  # drop lines past the checkpoint we resumed from
+            kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= self.start_step]
+            log_path.write_text("".join(line + "\n" for line in kept))
+        bar = tqdm(
+            total=cfg.steps,
+            initial=self.start_step,
+            desc=f"erase ({cfg.method})",
+            disable=not (cfg.progress and acc.is_local_main_process),
+        )
+        start = time.perf_counter()
+        for self.step in range(self.start_step, cfg.steps):
+            log = self.train_step()
+            log = {"step": self.step + 1, **log, "seconds": round(time.perf_counter() - start, 3)}
+            if acc.is_main_process:
+                with open(log_path, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(log) + "\n")
+                if (self.step + 1) % cfg.checkpoint_every == 0 and self.step + 1 < cfg.steps:
+                    self._checkpoint(self.step + 1)
+            bar.update(1)
+            bar.set_postfix(l_u=f"{log['loss_forget']:.4f}", lam=f"{log.get('lambda', 0):.3g}")
+        bar.close()
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            self._save_pipeline()
+        return self.output
+
+    def _checkpoint(self, step: int) -> None:
+        unet = self.accelerator.unwrap_model(self.unet)
+        trainable = {n: p for n, p in unet.named_parameters() if n in set(self.param_names)}
+        save_checkpoint(self.output, step, trainable, self.optimizer, self.balancer.state_dict(), self.generator)
+
+    def _save_pipeline(self) -> None:
+        """Write the erased pipeline into the run folder; model_index.json last, so only a complete
+        folder is loadable."""
+        pipe = self.pipe
+        pipe.unet = self.accelerator.unwrap_model(self.unet).eval()
+        with atomic_folder(self.output / ".pipeline", overwrite=True) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+        staged = self.output / ".pipeline"
+        for item in staged.iterdir():
+            if item.name == "model_index.json":
+                continue
+            dest = self.output / item.name
+            if dest.exists():
+                shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+            item.rename(dest)
+        (staged / "model_index.json").rename(self.output / "model_index.json")
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.rmtree(self.output / "checkpoints", ignore_errors=True)
+
+
+def train(config: TrainConfig, pipe=None) -> Path:
+    """Run an erasure end to end; returns the run folder."""
+    run = ErasureRun(config, pipe)
+    run.setup()
+    return run.train()

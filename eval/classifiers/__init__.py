@@ -1,0 +1,1 @@
+"""Image classifiers that judge what a model drew (the default model ships its own)."""

@@ -1,0 +1,102 @@
+"""Latents and prompt embeddings from a frozen pipeline, for training.
+
+The latent bank holds x_0 latents that the frozen model generated once for each forget and
+retain prompt (METHOD.md: "Where x_t comes from"); a training step then only noises them. Banks
+are cached on disk, keyed by the model's files, the prompts and the sampler settings, so a second
+run with the same inputs starts at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from pipelines.files import atomic_path
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ERASE_CACHE_DIR", Path.home() / ".cache" / "concept-erase"))
+
+
+def model_fingerprint(pipe) -> str:
+    """Identifies the weights a pipeline was loaded from (file names, sizes and mtimes)."""
+    origin = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "")
+    path = Path(str(origin))
+    parts = [str(path)]
+    if path.exists():
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        parts += [
+            f"{f.relative_to(path) if path.is_dir() else f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+            for f in files
+            if f.is_file()
+        ]
+    else:  # built in memory: fall back to hashing a few weights
+        unet = pipe.unet.state_dict()
+        for key in sorted(unet)[:8]:
+            parts.append(f"{key}:{unet[key].float().sum().item():.6e}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
+    """Text-encoder states for each prompt: (P, 77, D), on the pipeline's device."""
+    states, _ = pipe.encode_prompt(prompts, pipe.device, 1, do_classifier_free_guidance=False)
+    return states
+
+
+@torch.no_grad()
+def generate_latents(
+    pipe,
+    prompts: list[str],
+    per_prompt: int,
+    seed: int,
+    steps: int,
+    guidance: float,
+    batch_size: int = 32,
+    progress: bool = True,
+    desc: str = "latent bank",
+) -> torch.Tensor:
+    """x_0 latents (scaled as the UNet sees them), (P, K, 4, h, w); cached on disk."""
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "model": model_fingerprint(pipe),
+                "prompts": prompts,
+                "k": per_prompt,
+                "seed": seed,
+                "steps": steps,
+                "guidance": guidance,
+                "dtype": str(pipe.unet.dtype),
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:24]
+    path = cache_dir() / "banks" / f"{key}.safetensors"
+    if path.is_file():
+        return load_file(str(path))["latents"]
+    jobs = [(p, k) for p in range(len(prompts)) for k in range(per_prompt)]
+    out = []
+    bar = tqdm(total=len(jobs), desc=desc, unit="latent", disable=not progress)
+    for first in range(0, len(jobs), batch_size):
+        chunk = jobs[first : first + batch_size]
+        generators = [torch.Generator("cpu").manual_seed(seed + 1000 * p + k) for p, k in chunk]
+        result = pipe(
+            prompt=[prompts[p] for p, _ in chunk],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generators,
+            output_type="latent",
+        )
+        out.append(result.images.float().cpu())
+        bar.update(len(chunk))
+    bar.close()
+    latents = torch.cat(out).reshape(len(prompts), per_prompt, *out[0].shape[1:])
+    with atomic_path(path) as tmp:
+        save_file({"latents": latents.contiguous()}, str(tmp))
+    return latents

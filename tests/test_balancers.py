@@ -1,0 +1,159 @@
+"""Balancers on small problems whose gradients we know by hand (METHOD.md, "The constrained step")."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from erase.balancers import BALANCERS, BalancerSettings, LagrangeMultiplier, build_balancer
+from erase.balancers.explicit import constrained_direction
+from erase.mask import FeasibleMask
+
+
+def plain_backward(loss, **kwargs):
+    loss.backward(**kwargs)
+
+
+def linear_problem(theta: torch.Tensor):
+    """ℓ_u = c·θ and ℓ_r = w·θ: constant gradients g_u = c = (1, 0), g_r = w = (−1, 1).
+    They conflict: g_u·g_r = −1, ‖g_r‖² = 2."""
+    c, w = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
+    return (c * theta).sum(), (w * theta).sum()
+
+
+def test_explicit_writes_the_closed_form_direction():
+    """λ* = max(0, −(g_u·g_r + ε)/‖g_r‖²). With ε = 0: λ* = −(−1)/2 = 0.5 and
+    d = (1, 0) + 0.5·(−1, 1) = (0.5, 0.5), so g_r·d = 0 (the constraint is active).
+    With ε = 0.2 (budget 0.02 at α = 0.1): λ* = 0.8/2 = 0.4, d = (0.6, 0.4), g_r·d = −0.2 = −ε."""
+    for budget, lam, direction in ((0.0, 0.5, [0.5, 0.5]), (0.02, 0.4, [0.6, 0.4])):
+        theta = torch.zeros(2, requires_grad=True)
+        balancer = build_balancer("explicit", BalancerSettings(retain_budget=budget, learning_rate=0.1))
+        logs = balancer.backward(*linear_problem(theta), [theta], plain_backward)
+        assert logs["lambda"] == pytest.approx(lam)
+        assert torch.allclose(theta.grad, torch.tensor(direction))
+
+
+def test_without_conflict_lambda_is_zero_and_d_is_g_u():
+    g_u, g_r = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])  # orthogonal: no conflict
+    direction, lam = constrained_direction(g_u, g_r, eps=0.0)
+    assert lam == 0.0 and torch.equal(direction, g_u)
+    direction, lam = constrained_direction(g_u, torch.tensor([1.0, 1.0]), eps=0.0)  # agreeing
+    assert lam == 0.0 and torch.equal(direction, g_u)
+
+
+def run_sgd(name: str, settings: BalancerSettings, steps: int, problem=linear_problem, alpha: float = 0.1):
+    theta = torch.zeros(2, requires_grad=True)
+    balancer = build_balancer(name, settings)
+    lambdas, increases = [], []
+    for _ in range(steps):
+        theta.grad = None
+        loss_u, loss_r = problem(theta)
+        logs = balancer.backward(loss_u, loss_r, [theta], plain_backward)
+        before = float(loss_r.detach())
+        with torch.no_grad():
+            theta -= alpha * theta.grad
+        balancer.after_step(before, lambda: float(problem(theta)[1]))
+        lambdas.append(logs["lambda"])
+        increases.append(float(problem(theta)[1]) - before)
+    return lambdas, increases, balancer
+
+
+@pytest.mark.parametrize("name", ["eupmu", "eupmu-fast"])
+def test_implicit_lambda_settles_at_lambda_star_and_respects_the_budget(name):
+    """SGD with α = 0.1: Δℓ_r = −α(g_u·g_r + λ‖g_r‖²) = 0.1 − 0.2λ. The rule
+    λ ← λ + β(Δℓ_r − ε_abs) has its fixed point where Δℓ_r = ε_abs, i.e. at
+    λ = −(g_u·g_r + ε_abs/α)/‖g_r‖² = λ*; with ε_abs = 0.02 that is 0.4 (as the explicit test)."""
+    settings = BalancerSettings(retain_budget=0.02, lambda_lr=2.0, lambda_max=10.0)
+    lambdas, increases, _ = run_sgd(name, settings, steps=60)
+    assert lambdas[-1] == pytest.approx(0.4, abs=1e-4)
+    assert max(increases[30:]) <= 0.02 + 1e-4
+    assert increases[0] == pytest.approx(0.1)  # λ starts at 0: the first step spends more than the budget
+
+
+def test_the_budget_sign_is_right():
+    """A larger budget lets ℓ_r rise more, so λ settles lower: λ*(ε_abs = 0) = 0.5 > λ*(0.04) = 0.3."""
+    tight = run_sgd("eupmu", BalancerSettings(retain_budget=0.0, lambda_lr=2.0), steps=60)[0][-1]
+    loose = run_sgd("eupmu", BalancerSettings(retain_budget=0.04, lambda_lr=2.0), steps=60)[0][-1]
+    assert tight == pytest.approx(0.5, abs=1e-4) and loose == pytest.approx(0.3, abs=1e-4)
+
+
+def test_implicit_lambda_stays_zero_without_conflict():
+    """ℓ_u = ½(θ₁ − 1)², ℓ_r = ½θ₂²: moving θ₁ never changes ℓ_r, so Δℓ_r = 0 ≤ ε and λ stays 0."""
+
+    def separate(theta):
+        return 0.5 * (theta[0] - 1) ** 2, 0.5 * theta[1] ** 2
+
+    for name in ("eupmu", "eupmu-fast"):
+        lambdas, increases, _ = run_sgd(name, BalancerSettings(retain_budget=0.0, lambda_lr=5.0), 20, separate)
+        assert max(lambdas) == 0.0 and max(increases) == 0.0
+
+
+def test_implicit_on_a_curved_retain_loss_keeps_increases_within_budget():
+    """ℓ_u = c·θ keeps pulling; ℓ_r = ½‖θ − (0, 0)‖²·0.1 + w·θ curves. After a burn-in each step's
+    retain increase stays within the budget up to 10% (the first-order rule lags a curved ℓ_r)."""
+
+    def curved(theta):
+        c, w = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
+        return (c * theta).sum(), (w * theta).sum() + 0.05 * (theta**2).sum()
+
+    _, increases, _ = run_sgd("eupmu", BalancerSettings(retain_budget=0.02, lambda_lr=2.0, lambda_max=50), 200, curved)
+    assert max(increases[50:]) <= 0.02 * 1.1
+
+
+def test_lambda_is_clipped_to_zero_and_d():
+    multiplier = LagrangeMultiplier(lr=10.0, budget=0.0, maximum=2.0)
+    assert multiplier.update(+1.0) == 2.0  # clipped at D
+    assert multiplier.update(-5.0) == 0.0  # never negative
+
+
+def test_fixed_weight_and_unlearn_only():
+    theta = torch.zeros(2, requires_grad=True)
+    build_balancer("weighted", BalancerSettings(retain_weight=3.0)).backward(
+        *linear_problem(theta), [theta], plain_backward
+    )
+    assert torch.allclose(theta.grad, torch.tensor([1.0, 0.0]) + 3.0 * torch.tensor([-1.0, 1.0]))
+    theta.grad = None
+    build_balancer("none", BalancerSettings()).backward(*linear_problem(theta), [theta], plain_backward)
+    assert torch.equal(theta.grad, torch.tensor([1.0, 0.0]))
+
+
+@pytest.mark.parametrize("name", ["eupmu", "eupmu-fast"])
+def test_lambda_state_round_trips(name):
+    _, _, balancer = run_sgd(name, BalancerSettings(retain_budget=0.02, lambda_lr=2.0), steps=5)
+    fresh = build_balancer(name, BalancerSettings(retain_budget=0.02, lambda_lr=2.0))
+    fresh.load_state_dict(balancer.state_dict())
+    assert fresh.state_dict() == balancer.state_dict()
+
+
+def test_registry_names():
+    assert set(BALANCERS) == {"none", "weighted", "eupmu", "eupmu-fast", "explicit"}
+    with pytest.raises(KeyError, match="unknown balancer 'nope'"):
+        build_balancer("nope", BalancerSettings())
+
+
+def test_mask_never_moves_a_coordinate_whose_retain_sign_is_uncertain():
+    """Columns: certainly positive, zero-mean noise, certainly negative, positive but noisy."""
+    samples = torch.tensor(
+        [[1.0, 1.0, -1.0, 2.0], [1.1, -1.0, -1.1, -1.5], [0.9, 1.0, -0.9, 2.0], [1.0, -1.0, -1.0, -1.5]]
+    )
+    mask = FeasibleMask(delta=0.05, micro_batches=4)
+    keep = mask.keep(torch.tensor([1.0, 1.0, 1.0, 1.0]), samples)
+    assert keep.tolist() == [True, False, False, False]
+    keep = mask.keep(torch.tensor([-1.0, -1.0, -1.0, -1.0]), samples)  # moving the other way
+    assert keep.tolist() == [False, False, True, False]
+    masked, share = mask.apply(torch.tensor([2.0, 3.0, 4.0, 5.0]), samples)
+    assert masked.tolist() == [2.0, 0.0, 0.0, 0.0] and share == 0.25
+
+
+def test_mask_on_pure_noise_moves_few_coordinates():
+    """Zero-mean retain gradients: the one-sided test at δ = 0.05 keeps about 5% by chance, never most."""
+    torch.manual_seed(0)
+    samples = torch.randn(8, 20_000)
+    keep = FeasibleMask(delta=0.05, micro_batches=8).keep(torch.ones(20_000), samples)
+    assert keep.float().mean() < 0.1
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"delta": 0.0}, "delta"), ({"micro_batches": 1}, "at least 2")])
+def test_mask_settings_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FeasibleMask(**kwargs)

@@ -1,0 +1,187 @@
+"""The erasure loop on tiny components: every balancer × parameter set trains only its tensors
+with finite logged losses; a resumed run ends where an uninterrupted one does; bad input is
+refused with one line and nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from safetensors.torch import load_file
+
+import erase.loop as loop
+from erase.cli import main
+from erase.config import TrainConfig
+from erase.params import PARAMETER_SETS
+from prompts import InputError
+
+
+@pytest.fixture()
+def retain_file(write):
+    return write("retain.txt", "a blue square\na green cat\n")
+
+
+def tiny_config(tiny_pipeline_dir, retain_file, output, **kw) -> TrainConfig:
+    settings = (
+        dict(
+            model=str(tiny_pipeline_dir),
+            concept="a red circle",
+            retain=str(retain_file),
+            output=str(output),
+            steps=2,
+            batch_size=2,
+            bank_size=1,
+            bank_steps=1,
+            progress=False,
+            learning_rate=1e-2,
+        )
+        | kw
+    )
+    return TrainConfig(**settings)
+
+
+def unet_weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.mark.parametrize("parameters", list(PARAMETER_SETS))
+@pytest.mark.parametrize("method", ["none", "weighted", "eupmu", "eupmu-fast", "explicit"])
+def test_every_method_and_parameter_set_trains_only_its_tensors(
+    tiny_pipeline_dir, retain_file, tmp_path, method, parameters
+):
+    out = loop.train(
+        tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "run", method=method, parameters=parameters)
+    )
+    before, after = unet_weights(tiny_pipeline_dir), unet_weights(out)
+    chosen = PARAMETER_SETS[parameters]
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "nothing was trained"
+    assert all(chosen(k) for k in changed), sorted(k for k in changed if not chosen(k))[:3]
+    for part in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        a, b = load_file(str(tiny_pipeline_dir / part)), load_file(str(out / part))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2]
+    assert all(torch.isfinite(torch.tensor([e["loss_forget"], e["loss_retain"], e["lambda"]])).all() for e in log)
+    assert StableDiffusionPipeline.from_pretrained(out).unet is not None
+
+
+@pytest.mark.parametrize("method", ["eupmu", "explicit"])
+def test_feasible_mask_composes_with_balancers(tiny_pipeline_dir, retain_file, tmp_path, method):
+    out = loop.train(
+        tiny_config(
+            tiny_pipeline_dir, retain_file, tmp_path / "run", method=method, mask="feasible", mask_micro_batches=2
+        )
+    )
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all(0.0 <= e["mask_kept"] <= 1.0 for e in log)
+
+
+def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_pipeline_dir, retain_file, tmp_path, monkeypatch):
+    settings = dict(steps=5, checkpoint_every=2, method="eupmu", retain_budget=0.0, lambda_lr=1e4)
+    whole = loop.train(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "whole", **settings))
+
+    real = loop.ErasureRun.train_step
+    calls = []
+
+    def stops_at_step_4(self):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(loop.ErasureRun, "train_step", stops_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "cut", **settings))
+    assert (tmp_path / "cut" / "checkpoints" / "step-0000002" / "state.json").is_file()
+    assert not (tmp_path / "cut" / "model_index.json").exists()  # not a loadable pipeline until done
+    monkeypatch.setattr(loop.ErasureRun, "train_step", real)
+    resumed = loop.train(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "cut", resume=True, **settings))
+
+    a, b = unet_weights(whole), unet_weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log_a = [json.loads(x) for x in (whole / "train_log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (resumed / "train_log.jsonl").read_text().splitlines()]
+    strip = [{k: v for k, v in e.items() if k != "seconds"} for e in log_a]
+    assert strip == [{k: v for k, v in e.items() if k != "seconds"} for e in log_b]
+    assert any(e["lambda"] > 0 for e in log_a), "λ never moved, so the test would not see a lost λ"
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(
+    tiny_pipeline_dir, retain_file, tmp_path, monkeypatch
+):
+    real = loop.losses.negative_guidance_loss
+    calls = []
+
+    def nan_at_third(*args, **kwargs):
+        calls.append(1)
+        value = real(*args, **kwargs)
+        return value * float("nan") if len(calls) == 3 else value
+
+    monkeypatch.setattr(loop.losses, "negative_guidance_loss", nan_at_third)
+    with pytest.raises(loop.NonFiniteLossError, match="loss became nan at step 3"):
+        loop.train(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "run", steps=4, checkpoint_every=2))
+    assert (tmp_path / "run" / "checkpoints" / "step-0000002" / "trainable.safetensors").is_file()
+
+
+def test_config_file_values_and_flags_layer(tiny_pipeline_dir, retain_file, tmp_path, write):
+    config = write(
+        "run.toml",
+        f'model = "{tiny_pipeline_dir}"\nconcept = "a red circle"\nretain = "{retain_file}"\n'
+        'steps = 1\nbatch-size = 2\nbank_size = 1\nbank_steps = 1\nmethod = "weighted"\n',
+    )
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--output", str(out), "--method", "none", "--no-progress"]) == 0
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["method"] == "none" and saved["steps"] == 1 and saved["batch_size"] == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--concept", "  "], "--concept is empty"),
+        (["--concept", "x", "--forget", "default/digits"], "exactly one of --concept"),
+        (["--concept", "x", "--steps", "0"], "--steps must be at least 1"),
+        (["--concept", "x", "--eta", "nan"], "--eta must be a finite number"),
+        (["--concept", "x", "--retain-budget", "-1"], "--retain-budget must be a finite number ≥ 0"),
+        (["--concept", "x", "--model", "/no/model", "--method", "none"], "cannot load model '/no/model'"),
+        (["--concept", "x", "--retain", "missing.txt"], "missing.txt: no such file"),
+        (["--concept", "x", "--t-min", "500", "--t-max", "100"], "0 ≤ --t-min ≤ --t-max ≤ 999"),
+        ([], "give exactly one of --concept"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    assert main(["train", "--output", str(out), "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("erase train: error:") and message in err, err
+    assert "\n" not in err
+    assert not out.exists()
+
+
+def test_sd_model_without_retain_prompts_is_refused(tiny_pipeline_dir, tmp_path):
+    with pytest.raises(InputError, match="needs retain prompts; give --retain"):
+        loop.train(TrainConfig(model=str(tiny_pipeline_dir), concept="x", output=str(tmp_path / "r"), progress=False))
+
+
+def test_existing_output_is_refused_without_overwrite(tiny_pipeline_dir, retain_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match="already exists; use --resume"):
+        loop.train(tiny_config(tiny_pipeline_dir, retain_file, out))
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_config_file_with_an_unknown_key(tmp_path, write, capsys):
+    config = write("run.yaml", "concept: x\nlearning_rat: 0.1\n")
+    assert main(["train", "--config", str(config), "--output", str(tmp_path / "r")]) == 2
+    assert "unknown key 'learning_rat'" in capsys.readouterr().err
+
+
+def test_unknown_method_is_an_argparse_choice_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--concept", "x", "--output", "o", "--method", "magic"])
+    assert info.value.code == 2 and "invalid choice: 'magic'" in capsys.readouterr().err
