@@ -286,7 +286,8 @@ class ErasureRun:
             disable=not (cfg.progress and acc.is_local_main_process),
         )
         start = time.perf_counter()
-        for self.step in range(self.start_step, cfg.steps):
+        for step in range(self.start_step, cfg.steps):
+            self.step = step
             log = self.train_step()
             log = {"step": self.step + 1, **log, "seconds": round(time.perf_counter() - start, 3)}
             if acc.is_main_process:

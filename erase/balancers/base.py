@@ -64,8 +64,8 @@ class Balancer(ABC):
     def state_dict(self) -> dict[str, float]:
         return {}
 
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        pass
+    def load_state_dict(self, state: dict[str, float]) -> None:  # noqa: B027 (stateless by default)
+        return None
 
 
 BALANCERS: dict[str, type[Balancer]] = {}
