@@ -19,11 +19,15 @@ COMMANDS = {
     "generate": "erase.commands.generate",
     "prompts": "erase.commands.prompts",
     "train": "erase.commands.train",
+    "export": "erase.commands.export",
+    "apply": "erase.commands.apply",
 }
 HELP = {
     "generate": "draw images for a prompt list (seeded, batched, resumable)",
     "prompts": "list the shipped prompt lists, or show one",
     "train": "erase a concept: fine-tune the UNet, write a run folder",
+    "export": "write a run as a diffusers folder, a single-file checkpoint or a delta",
+    "apply": "put a delta onto a base model",
 }
 
 
@@ -43,7 +47,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             name, help=HELP[name], description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
         )
         module.add_arguments(child)
-        child.set_defaults(run=module.run)
+        child.set_defaults(_handler=module.run)
     return parser
 
 
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _quiet_libraries()
     try:
-        return args.run(args) or 0
+        return args._handler(args) or 0
     except InputError as err:
         print(f"erase {args.command}: error: {err}", file=sys.stderr)
         return 2

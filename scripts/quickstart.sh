@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/erase generate --model default --prompts default/digits --output outputs/quickstart --grid "$@"
+.venv/bin/erase generate --model default --prompts default/digits --output outputs/quickstart --grid --grid-columns 10 "$@"

@@ -52,7 +52,7 @@ def run_sgd(name: str, settings: BalancerSettings, steps: int, problem=linear_pr
         before = float(loss_r.detach())
         with torch.no_grad():
             theta -= alpha * theta.grad
-        balancer.after_step(before, lambda theta=theta: float(problem(theta)[1]))
+        balancer.after_step(before, lambda theta=theta: float(problem(theta)[1].detach()))
         lambdas.append(logs["lambda"])
         increases.append(float(problem(theta)[1]) - before)
     return lambdas, increases, balancer

@@ -137,7 +137,7 @@ def test_cli_generates_and_writes_a_grid(tiny_pipeline_dir, prompts_file, tmp_pa
     )
     assert code == 0
     assert "3 images generated, 0 already there" in capsys.readouterr().out
-    assert Image.open(out / "grid.png").size == (32, 32)  # 2×2 cells of 16 px
+    assert Image.open(out / "grid.png").size == (128, 128)  # 2×2 cells, 16 px images enlarged to 64
     assert json.loads((out / "generation.json").read_text())["steps"] == 2
 
 

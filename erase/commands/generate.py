@@ -20,6 +20,7 @@ from pipelines.grid import save_grid
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, GenerateConfig)
     parser.add_argument("--grid", action="store_true", help="also write grid.png, every image in manifest order")
+    parser.add_argument("--grid-columns", type=int, default=None, help="images per grid row (default: about √n)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.grid:
         entries = list(read_manifest(Path(config.output)).values())
-        grid = save_grid([Path(config.output) / e["file"] for e in entries], Path(config.output) / "grid.png")
+        paths = [Path(config.output) / e["file"] for e in entries]
+        grid = save_grid(paths, Path(config.output) / "grid.png", columns=args.grid_columns, min_cell=64)
         print(f"grid of {len(entries)} images → {grid}")
     return 0

@@ -1,0 +1,26 @@
+"""Put a delta (from `erase export --format delta`) onto a base model and save the result.
+
+    erase apply three-delta.safetensors --base default --output erased-three
+
+Refuses a delta whose tensor names or shapes do not match the base UNet.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from erase.export import apply_delta
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("delta", help="a delta .safetensors written by `erase export --format delta`")
+    parser.add_argument("--base", default="default", help="base model the delta was trained from (default: default)")
+    parser.add_argument("--output", required=True, help="folder (diffusers) or .safetensors file (single-file)")
+    parser.add_argument("--format", choices=["diffusers", "single-file"], default="diffusers")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = apply_delta(args.delta, args.base, args.output, fmt=args.format, overwrite=args.overwrite)
+    print(f"delta applied to {args.base} → {path}")
+    return 0

@@ -1,0 +1,28 @@
+"""Export an `erase train` run folder.
+
+    erase export runs/three --format single-file --output three.safetensors
+    erase export runs/three --format delta --output three-delta.safetensors   # trained tensors only
+
+`single-file` is the original Stable Diffusion layout (StableDiffusionPipeline.from_single_file
+and other SD tools read it); `delta` holds only the trained tensors plus metadata (base model,
+method, concept) and is put back onto a base model with `erase apply`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from erase.export import export_run
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN", help="run folder written by `erase train`")
+    parser.add_argument("--format", choices=["diffusers", "single-file", "delta"], default="single-file")
+    parser.add_argument("--output", required=True, help="folder (diffusers) or .safetensors file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = export_run(args.run_dir, args.format, args.output, overwrite=args.overwrite)
+    print(f"{args.format} export → {path}")
+    return 0

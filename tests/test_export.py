@@ -1,0 +1,90 @@
+"""Exports of a run: single-file loads back with the erased weights, a delta re-creates the erased
+UNet on the base, and a mismatched delta is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import erase.loop as loop
+from erase.cli import main
+from erase.config import TrainConfig
+from erase.export import apply_delta, export_run
+from pipelines.loading import load_pipeline
+from prompts import InputError
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_pipeline_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    retain = root / "retain.txt"
+    retain.write_text("a blue square\n")
+    return loop.train(
+        TrainConfig(
+            model=str(tiny_pipeline_dir),
+            concept="a red circle",
+            retain=str(retain),
+            output=str(root / "run"),
+            steps=2,
+            batch_size=2,
+            bank_size=1,
+            bank_steps=1,
+            learning_rate=1e-2,
+            progress=False,
+        )
+    )
+
+
+def erased_unet(run_dir):
+    return load_file(str(run_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_single_file_export_loads_with_the_erased_weights(run_dir, tiny_pipeline_dir, tmp_path):
+    path = export_run(run_dir, "single-file", tmp_path / "erased.safetensors")
+    with safe_open(str(path), "pt") as handle:
+        assert handle.metadata()["method"] == "eupmu" and handle.metadata()["concept"] == "a red circle"
+    pipe = load_pipeline(path, device="cpu", config=tiny_pipeline_dir)
+    expected = erased_unet(run_dir)
+    assert all(torch.equal(v, expected[k]) for k, v in pipe.unet.state_dict().items())
+
+
+def test_delta_holds_only_trained_tensors_and_applies_back(run_dir, tiny_pipeline_dir, tmp_path):
+    delta = export_run(run_dir, "delta", tmp_path / "delta.safetensors")
+    keys = set(load_file(str(delta)))
+    assert keys and all(".attn2." in k for k in keys)  # the default parameter set is xattn
+    out = apply_delta(delta, str(tiny_pipeline_dir), tmp_path / "applied")
+    applied = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    expected = erased_unet(run_dir)
+    assert all(torch.equal(applied[k], expected[k]) for k in expected)
+
+
+def test_mismatched_delta_is_refused(run_dir, tiny_pipeline_dir, tmp_path):
+    delta = export_run(run_dir, "delta", tmp_path / "delta.safetensors")
+    with safe_open(str(delta), "pt") as handle:
+        metadata, tensors = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
+    key = next(iter(tensors))
+    wrong_shape = dict(tensors) | {key: torch.zeros(3, 3)}
+    save_file(wrong_shape, str(tmp_path / "shape.safetensors"), metadata=metadata)
+    with pytest.raises(InputError, match="has shape \\(3, 3\\)"):
+        apply_delta(tmp_path / "shape.safetensors", str(tiny_pipeline_dir), tmp_path / "o1")
+    save_file({"not.a.unet.key": torch.zeros(1)}, str(tmp_path / "keys.safetensors"), metadata=metadata)
+    with pytest.raises(InputError, match="'not.a.unet.key' is not in the base UNet"):
+        apply_delta(tmp_path / "keys.safetensors", str(tiny_pipeline_dir), tmp_path / "o2")
+    save_file({key: tensors[key]}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(InputError, match="not a concept-erase delta"):
+        apply_delta(tmp_path / "plain.safetensors", str(tiny_pipeline_dir), tmp_path / "o3")
+    assert not any((tmp_path / n).exists() for n in ("o1", "o2", "o3"))
+
+
+def test_export_cli_errors(tmp_path, capsys):
+    assert main(["export", str(tmp_path), "--output", str(tmp_path / "x.safetensors")]) == 2
+    assert "is not a finished `erase train` run folder" in capsys.readouterr().err
+
+
+def test_diffusers_export_copies_a_loadable_folder(run_dir, tmp_path):
+    out = export_run(run_dir, "diffusers", tmp_path / "copy")
+    assert (out / "model_index.json").is_file() and (out / "train_config.json").is_file()
+    with pytest.raises(InputError, match="already exists"):
+        export_run(run_dir, "diffusers", out)
