@@ -54,7 +54,7 @@ def run_sgd(name: str, settings: BalancerSettings, steps: int, problem=linear_pr
             theta -= alpha * theta.grad
         balancer.after_step(before, lambda theta=theta: float(problem(theta)[1].detach()))
         lambdas.append(logs["lambda"])
-        increases.append(float(problem(theta)[1]) - before)
+        increases.append(float(problem(theta)[1].detach()) - before)
     return lambdas, increases, balancer
 
 
