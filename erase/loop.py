@@ -184,7 +184,7 @@ class ErasureRun:
             target = self.frozen(x_t, t, states).sample
         return target
 
-    def _step_losses(self, batch) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    def _step_losses(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.config
         x_f, t_f, _, states_f = batch["forget"]
         b = x_f.shape[0]
@@ -208,7 +208,7 @@ class ErasureRun:
                 loss_r = losses.retain_loss(
                     self.unet(x_r, t_r, states_r).sample.float(), batch["retain_target"].float()
                 )
-        return loss_u, loss_r, {}
+        return loss_u, loss_r
 
     def _retain_value_now(self, batch) -> float:
         """ℓ_r on the same batch, noise and timesteps at the current weights (no grad)."""
@@ -243,7 +243,7 @@ class ErasureRun:
         samples = self._retain_gradient_samples(batch) if self.mask is not None else None
 
         self.optimizer.zero_grad(set_to_none=True)
-        loss_u, loss_r, _ = self._step_losses(batch)
+        loss_u, loss_r = self._step_losses(batch)
         value_u = self.accelerator.reduce(loss_u.detach(), "mean").item()
         value_r = self.accelerator.reduce(loss_r.detach(), "mean").item() if loss_r is not None else None
         if not math.isfinite(value_u) or (value_r is not None and not math.isfinite(value_r)):
