@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from erase import losses
 from erase.balancers import BalancerSettings, build_balancer
+from erase.balancers.base import flat_grad, set_flat_grad
 from erase.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from erase.config import TrainConfig
 from erase.mask import FeasibleMask
@@ -85,7 +86,7 @@ class ErasureRun:
         self.emb_forget = encode_prompts(pipe, self.forget_prompts)  # (F, 77, D)
         self.emb_retain = encode_prompts(pipe, self.retain_prompts) if self.retain_prompts else None
         self.emb_null = encode_prompts(pipe, [""])  # (1, 77, D)
-        self.emb_anchor = encode_prompts(pipe, [cfg.anchor])
+        self.emb_anchor = encode_prompts(pipe, [cfg.anchor]) if cfg.loss == "anchor" else None
 
         # The latent bank: x_0 from the frozen model (cached on disk).
         bank = dict(
@@ -102,7 +103,7 @@ class ErasureRun:
         self.frozen = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
         unet = pipe.unet
         named = select_parameters(unet, cfg.parameters)
-        self.param_names = [n for n, _ in named]
+        self.param_names = {n for n, _ in named}
         optimizer = torch.optim.Adam([p for _, p in named], lr=cfg.learning_rate)
         self.unet, self.optimizer = self.accelerator.prepare(unet.train(), optimizer)
         self.params = [p for _, p in named]
@@ -152,7 +153,7 @@ class ErasureRun:
     def _restore(self, path: Path) -> None:
         step, trainable, opt_state, balancer_state, rng = load_checkpoint(path)
         unet = self.accelerator.unwrap_model(self.unet)
-        missing = set(self.param_names) - set(trainable)
+        missing = self.param_names - set(trainable)
         if missing:
             raise InputError(
                 f"checkpoint {path} does not match this run's parameter set (missing {sorted(missing)[0]})"
@@ -179,10 +180,18 @@ class ErasureRun:
         x_t = self.noise_scheduler.add_noise(x0, noise, t)  # (B, 4, h, w)
         return x_t, t, noise, embeddings[(index // per_prompt).to(device)]
 
-    def _retain_terms(self, x_t, t, states):
+    def _frozen_retain_target(self, x_t, t, states):
         with torch.no_grad(), self.accelerator.autocast():
-            target = self.frozen(x_t, t, states).sample
-        return target
+            return self.frozen(x_t, t, states).sample
+
+    def _retain_loss(self, batch, part: torch.Tensor | None = None) -> torch.Tensor:
+        """ℓ_r of the trainable UNet on the batch's retain latents (or the rows in ``part``)."""
+        x_r, t_r, _, states_r = batch["retain"]
+        target = batch["retain_target"]
+        if part is not None:
+            x_r, t_r, states_r, target = x_r[part], t_r[part], states_r[part], target[part]
+        with self.accelerator.autocast():
+            return losses.retain_loss(self.unet(x_r, t_r, states_r).sample.float(), target.float())
 
     def _step_losses(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.config
@@ -202,34 +211,23 @@ class ErasureRun:
                 )
             else:
                 loss_u = losses.anchor_loss(eps_forget.float(), eps_anchor.float())
-            loss_r = None
-            if "retain" in batch:
-                x_r, t_r, _, states_r = batch["retain"]
-                loss_r = losses.retain_loss(
-                    self.unet(x_r, t_r, states_r).sample.float(), batch["retain_target"].float()
-                )
+        loss_r = self._retain_loss(batch) if "retain" in batch else None
         return loss_u, loss_r
 
     def _retain_value_now(self, batch) -> float:
         """ℓ_r on the same batch, noise and timesteps at the current weights (no grad)."""
-        x_r, t_r, _, states_r = batch["retain"]
-        with torch.no_grad(), self.accelerator.autocast():
-            value = losses.retain_loss(self.unet(x_r, t_r, states_r).sample.float(), batch["retain_target"].float())
+        with torch.no_grad():
+            value = self._retain_loss(batch)
         return self.accelerator.reduce(value.detach(), "mean").item()
 
     def _retain_gradient_samples(self, batch) -> torch.Tensor:
         """(m, n) retain gradients over m micro-batches, for the feasible mask."""
-        x_r, t_r, _, states_r = batch["retain"]
-        target = batch["retain_target"]
         samples = []
-        for part in torch.arange(x_r.shape[0], device=x_r.device).chunk(self.mask.micro_batches):
+        rows = batch["retain"][0].shape[0]
+        for part in torch.arange(rows, device=batch["retain"][0].device).chunk(self.mask.micro_batches):
             self.optimizer.zero_grad(set_to_none=True)
-            with self.accelerator.autocast():
-                loss = losses.retain_loss(
-                    self.unet(x_r[part], t_r[part], states_r[part]).sample.float(), target[part].float()
-                )
-            self.accelerator.backward(loss)
-            samples.append(torch.cat([p.grad.reshape(-1).float() for p in self.params]))
+            self.accelerator.backward(self._retain_loss(batch, part))
+            samples.append(flat_grad(self.params))
         self.optimizer.zero_grad(set_to_none=True)
         return torch.stack(samples)
 
@@ -239,7 +237,7 @@ class ErasureRun:
         if self.bank_retain is not None:
             batch["retain"] = self._draw(self.bank_retain, self.emb_retain, cfg.batch_size)
             x_r, t_r, _, states_r = batch["retain"]
-            batch["retain_target"] = self._retain_terms(x_r, t_r, states_r)
+            batch["retain_target"] = self._frozen_retain_target(x_r, t_r, states_r)
         samples = self._retain_gradient_samples(batch) if self.mask is not None else None
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -254,12 +252,8 @@ class ErasureRun:
         log = {"loss_forget": value_u, "loss_retain": value_r}
         log |= self.balancer.backward(loss_u, loss_r, self.params, self.accelerator.backward, value_r)
         if samples is not None:
-            direction = torch.cat([p.grad.reshape(-1).float() for p in self.params])
-            masked, log["mask_kept"] = self.mask.apply(direction, samples)
-            offset = 0
-            for p in self.params:
-                p.grad = masked[offset : offset + p.numel()].view_as(p).to(p.dtype)
-                offset += p.numel()
+            masked, log["mask_kept"] = self.mask.apply(flat_grad(self.params), samples)
+            set_flat_grad(self.params, masked)
         if cfg.max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
@@ -305,7 +299,7 @@ class ErasureRun:
 
     def _checkpoint(self, step: int) -> None:
         unet = self.accelerator.unwrap_model(self.unet)
-        trainable = {n: p for n, p in unet.named_parameters() if n in set(self.param_names)}
+        trainable = {n: p for n, p in unet.named_parameters() if n in self.param_names}
         save_checkpoint(self.output, step, trainable, self.optimizer, self.balancer.state_dict(), self.generator)
 
     def _save_pipeline(self) -> None:

@@ -68,6 +68,19 @@ class Balancer(ABC):
         return None
 
 
+def flat_grad(params: list[torch.Tensor]) -> torch.Tensor:
+    """All parameters' gradients as one float vector (zeros where a gradient is missing)."""
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
+
+
+def set_flat_grad(params: list[torch.Tensor], flat: torch.Tensor) -> None:
+    """Write a flat vector back into the parameters' ``.grad`` (inverse of ``flat_grad``)."""
+    offset = 0
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
+        offset += p.numel()
+
+
 BALANCERS: dict[str, type[Balancer]] = {}
 
 

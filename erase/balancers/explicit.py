@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from erase.balancers.base import Balancer, register_balancer
+from erase.balancers.base import Balancer, flat_grad, register_balancer, set_flat_grad
 
 
 def constrained_direction(g_u: torch.Tensor, g_r: torch.Tensor, eps: float) -> tuple[torch.Tensor, float]:
@@ -30,11 +30,12 @@ class ExplicitSurgery(Balancer):
     name = "explicit"
     backward_passes = 2
 
-    def _take_grads(self, params: list[torch.Tensor]) -> torch.Tensor:
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    @staticmethod
+    def _take_grads(params: list[torch.Tensor]) -> torch.Tensor:
+        flat = flat_grad(params)
         for p in params:
             p.grad = None
-        return flat.float()
+        return flat
 
     def backward(self, loss_forget, loss_retain, params, backward, retain_value=None):
         for p in params:
@@ -45,9 +46,5 @@ class ExplicitSurgery(Balancer):
         g_r = self._take_grads(params)
         eps = self.settings.retain_budget / self.settings.learning_rate
         direction, lam = constrained_direction(g_u, g_r, eps)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad = direction[offset : offset + n].view_as(p).to(p.dtype)
-            offset += n
+        set_flat_grad(params, direction)
         return {"lambda": lam, "grad_dot": float(g_u.dot(g_r))}
