@@ -29,23 +29,40 @@ class TrainConfig:
     method: Method = field(default="eupmu", metadata={"help": "how ℓ_u and ℓ_r are balanced"})
     parameters: ParameterSet = field(default="xattn", metadata={"help": "which UNet parameters are trained"})
     loss: UnlearnLoss = field(default="negative-guidance", metadata={"help": "the unlearning loss ℓ_u"})
-    anchor: str = field(default="", metadata={"help": 'anchor prompt for --loss anchor ("" = unconditional)'})
+    anchor: str = field(
+        default="",
+        metadata={
+            "help": "anchor prompt a: negative guidance pushes away from c − a, --loss anchor maps c onto a "
+            '("" = unconditional, ESD); a forget CSV\'s anchor column sets it per prompt'
+        },
+    )
     eta: float = field(default=1.0, metadata={"help": "negative-guidance strength η"})
     steps: int = field(default=200, metadata={"help": "optimisation steps"})
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate α"})
-    batch_size: int = field(default=8, metadata={"help": "forget (and retain) latents per step"})
+    batch_size: int = field(default=16, metadata={"help": "forget (and retain) latents per step"})
     retain_budget: float = field(
-        default=1e-4, metadata={"help": "ε_abs: allowed rise of ℓ_r per step, in loss units (eupmu*, explicit)"}
+        default=0.0,
+        metadata={"help": "ε_abs: allowed rise of ℓ_r per step, in loss units (eupmu*, explicit); 0 = never rise"},
     )
-    lambda_lr: float = field(default=100.0, metadata={"help": "β_abs: λ's step per unit of budget overrun"})
+    lambda_lr: float = field(
+        default=3e6,
+        metadata={"help": "β_abs: λ's change per unit of ℓ_r overrun (ℓ_r moves ~1e-6 a step on the default model)"},
+    )
     lambda_max: float = field(default=100.0, metadata={"help": "D: λ is clipped to [0, D]"})
     retain_weight: float = field(default=1.0, metadata={"help": "w for --method weighted"})
     mask: Literal["none", "feasible"] = field(default="none", metadata={"help": "masked feasible updates plug-in"})
     mask_delta: float = field(default=0.05, metadata={"help": "mask: 1 − confidence of the sign test"})
     mask_micro_batches: int = field(default=4, metadata={"help": "mask: micro-batches for the retain-gradient spread"})
+    x_source: Literal["bank", "sample"] = field(
+        default="bank",
+        metadata={
+            "help": "where x_t comes from: `bank` noises latents the frozen model drew once (fast); `sample` "
+            "samples with the model being trained down to t at every step (ESD's slow path)"
+        },
+    )
     bank_size: int = field(default=8, metadata={"help": "latents generated per prompt for the latent bank"})
-    bank_steps: int = field(default=20, metadata={"help": "sampler steps used to fill the latent bank"})
-    bank_guidance: float = field(default=5.0, metadata={"help": "guidance used to fill the latent bank"})
+    bank_steps: int = field(default=20, metadata={"help": "sampler steps for the latent bank (and --x-source sample)"})
+    bank_guidance: float = field(default=5.0, metadata={"help": "guidance for the latent bank (and --x-source sample)"})
     t_min: int = field(default=0, metadata={"help": "smallest training timestep"})
     t_max: int = field(default=999, metadata={"help": "largest training timestep"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from diffusers import DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler
 from tqdm.auto import tqdm
 
 from erase import losses
@@ -31,7 +31,7 @@ from erase.params import select_parameters
 from pipelines.files import atomic_folder, write_json_atomic
 from pipelines.latents import encode_prompts, generate_latents
 from pipelines.loading import DEFAULT_MODEL_DIR, load_pipeline
-from prompts import InputError, load_prompts
+from prompts import InputError, PromptRecord, load_prompts
 
 CONFIG_NAME = "train_config.json"
 LOG_NAME = "train_log.jsonl"
@@ -41,10 +41,18 @@ class NonFiniteLossError(InputError):
     """A loss became NaN or inf; the last good checkpoint is kept."""
 
 
-def resolve_prompts(config: TrainConfig) -> tuple[list[str], list[str]]:
-    """(forget prompts, retain prompts). For the default model the retain set defaults to every
-    shipped digit prompt that is not being erased."""
-    forget = [config.concept.strip()] if config.concept else [r.prompt for r in load_prompts(config.forget)]
+def resolve_prompts(config: TrainConfig) -> tuple[list[str], list[str], list[str]]:
+    """(forget prompts, their anchors, retain prompts). A forget CSV's ``anchor`` column overrides
+    ``--anchor`` per prompt. For the default model the retain set defaults to every shipped digit
+    prompt that is not being erased."""
+    if config.concept:
+        records = [PromptRecord("0", config.concept.strip(), 0)]
+    else:
+        records = load_prompts(config.forget)
+    anchors = {}  # first anchor given for each distinct forget prompt
+    for record in records:
+        anchors.setdefault(record.prompt, config.anchor if record.anchor is None else record.anchor)
+    forget = list(anchors)
     if config.retain:
         retain = [r.prompt for r in load_prompts(config.retain)]
     elif config.model == "default" or Path(config.model).resolve() == DEFAULT_MODEL_DIR.resolve():
@@ -58,7 +66,7 @@ def resolve_prompts(config: TrainConfig) -> tuple[list[str], list[str]]:
             f"--method {config.method} needs retain prompts; give --retain (e.g. sd/retain-general) "
             "or use --method none"
         )
-    return list(dict.fromkeys(forget)), retain
+    return forget, [anchors[p] for p in forget], retain
 
 
 class ErasureRun:
@@ -73,7 +81,7 @@ class ErasureRun:
     def setup(self) -> None:
         cfg = self.config
         self._check_output()
-        self.forget_prompts, self.retain_prompts = resolve_prompts(cfg)
+        self.forget_prompts, self.anchor_prompts, self.retain_prompts = resolve_prompts(cfg)
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
         device = self.accelerator.device
         if self.pipe is None:
@@ -82,22 +90,35 @@ class ErasureRun:
         pipe.set_progress_bar_config(disable=True)
         show = cfg.progress and self.accelerator.is_local_main_process
 
-        # Prompt embeddings, once: forget, retain, the null prompt and the anchor.
+        # Prompt embeddings, once: forget, each forget prompt's anchor ("" = unconditional), retain.
         self.emb_forget = encode_prompts(pipe, self.forget_prompts)  # (F, 77, D)
+        self.emb_anchor = encode_prompts(pipe, self.anchor_prompts)  # (F, 77, D)
         self.emb_retain = encode_prompts(pipe, self.retain_prompts) if self.retain_prompts else None
-        self.emb_null = encode_prompts(pipe, [""])  # (1, 77, D)
-        self.emb_anchor = encode_prompts(pipe, [cfg.anchor]) if cfg.loss == "anchor" else None
 
-        # The latent bank: x_0 from the frozen model (cached on disk).
-        bank = dict(
-            per_prompt=cfg.bank_size, seed=cfg.seed, steps=cfg.bank_steps, guidance=cfg.bank_guidance, progress=show
-        )
-        self.bank_forget = generate_latents(pipe, self.forget_prompts, desc="forget bank", **bank).to(device)
-        self.bank_retain = (
-            generate_latents(pipe, self.retain_prompts, desc="retain bank", **bank).to(device)
-            if self.retain_prompts
-            else None
-        )
+        # Where x_t comes from: the latent bank (x_0 from the frozen model, cached on disk), or
+        # ESD's slow path, sampling with the model being trained down to t at every step.
+        self.embeddings = {"forget": self.emb_forget, "retain": self.emb_retain}
+        self.banks = {}
+        if cfg.x_source == "bank":
+            bank = dict(
+                per_prompt=cfg.bank_size, seed=cfg.seed, steps=cfg.bank_steps, guidance=cfg.bank_guidance, progress=show
+            )
+            self.banks["forget"] = generate_latents(pipe, self.forget_prompts, desc="forget bank", **bank).to(device)
+            if self.retain_prompts:
+                self.banks["retain"] = generate_latents(pipe, self.retain_prompts, desc="retain bank", **bank).to(
+                    device
+                )
+        else:
+            self.sampler = DDIMScheduler.from_config(pipe.scheduler.config)
+            self.sampler.set_timesteps(cfg.bank_steps)
+            self.emb_null = encode_prompts(pipe, [""])
+            times = self.sampler.timesteps.tolist()
+            self.sample_stops = [k for k, t in enumerate(times) if cfg.t_min <= t <= cfg.t_max]
+            if not self.sample_stops:
+                raise InputError(
+                    f"no sampler timestep of --bank-steps {cfg.bank_steps} lies in --t-min..--t-max "
+                    f"({cfg.t_min}..{cfg.t_max}); widen the range or use more steps"
+                )
 
         # Frozen copy and trainable UNet.
         self.frozen = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
@@ -129,6 +150,7 @@ class ErasureRun:
                 asdict(cfg)
                 | {
                     "forget_prompts": self.forget_prompts,
+                    "anchor_prompts": self.anchor_prompts,
                     "retain_prompts": self.retain_prompts,
                     "base_model": cfg.model,
                 },
@@ -168,8 +190,11 @@ class ErasureRun:
         self.start_step = step
 
     # 2. One step ----------------------------------------------------------------------------
-    def _draw(self, bank: torch.Tensor, embeddings: torch.Tensor, batch: int):
-        """Latents, timesteps, noise and the prompt states of ``batch`` random bank entries."""
+    def _draw(self, kind: str, batch: int):
+        """(x_t, t, noise, prompt states, prompt rows) for ``batch`` random ``kind`` prompts."""
+        if not self.banks:
+            return self._sample_to_t(kind, batch)
+        bank, embeddings = self.banks[kind], self.embeddings[kind]
         prompts, per_prompt = bank.shape[:2]
         index = torch.randint(0, prompts * per_prompt, (batch,), generator=self.generator)
         t = torch.randint(self.config.t_min, self.config.t_max + 1, (batch,), generator=self.generator)
@@ -178,7 +203,34 @@ class ErasureRun:
         x0 = bank.flatten(0, 1)[index.to(device)]
         t, noise = t.to(device), noise.to(device, x0.dtype)
         x_t = self.noise_scheduler.add_noise(x0, noise, t)  # (B, 4, h, w)
-        return x_t, t, noise, embeddings[(index // per_prompt).to(device)]
+        rows = (index // per_prompt).to(device)
+        return x_t, t, noise, embeddings[rows], rows
+
+    @torch.no_grad()
+    def _sample_to_t(self, kind: str, batch: int):
+        """ESD's path: DDIM-sample with the current (trainable) UNet from pure noise down to a
+        random sampler step whose timestep lies in [t_min, t_max]; every row shares that t."""
+        cfg, embeddings = self.config, self.embeddings[kind]
+        device = embeddings.device
+        timesteps, stops = self.sampler.timesteps, self.sample_stops
+        stop = stops[int(torch.randint(0, len(stops), (1,), generator=self.generator))]
+        rows = torch.randint(0, embeddings.shape[0], (batch,), generator=self.generator).to(device)
+        unet = self.accelerator.unwrap_model(self.unet)
+        shape = (batch, unet.config.in_channels, *self._latent_size())
+        latents = (torch.randn(shape, generator=self.generator) * self.sampler.init_noise_sigma).to(device)
+        states = embeddings[rows]
+        both = torch.cat([self.emb_null.expand(batch, -1, -1), states])
+        with self.accelerator.autocast():
+            for t in timesteps[:stop]:
+                uncond, cond = unet(torch.cat([latents] * 2), t, both).sample.float().chunk(2)
+                eps = uncond + cfg.bank_guidance * (cond - uncond)
+                latents = self.sampler.step(eps, t, latents).prev_sample
+        t = timesteps[stop].to(device).expand(batch)
+        return latents, t, None, states, rows
+
+    def _latent_size(self) -> tuple[int, int]:
+        size = self.pipe.unet.config.sample_size
+        return (size, size) if isinstance(size, int) else tuple(size)
 
     def _frozen_retain_target(self, x_t, t, states):
         with torch.no_grad(), self.accelerator.autocast():
@@ -186,7 +238,7 @@ class ErasureRun:
 
     def _retain_loss(self, batch, part: torch.Tensor | None = None) -> torch.Tensor:
         """ℓ_r of the trainable UNet on the batch's retain latents (or the rows in ``part``)."""
-        x_r, t_r, _, states_r = batch["retain"]
+        x_r, t_r, _, states_r, _ = batch["retain"]
         target = batch["retain_target"]
         if part is not None:
             x_r, t_r, states_r, target = x_r[part], t_r[part], states_r[part], target[part]
@@ -195,19 +247,16 @@ class ErasureRun:
 
     def _step_losses(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.config
-        x_f, t_f, _, states_f = batch["forget"]
-        b = x_f.shape[0]
+        x_f, t_f, _, states_f, rows = batch["forget"]
         with torch.no_grad(), self.accelerator.autocast():
+            eps_anchor = self.frozen(x_f, t_f, self.emb_anchor[rows]).sample
             if cfg.loss == "negative-guidance":
-                eps_null = self.frozen(x_f, t_f, self.emb_null.expand(b, -1, -1)).sample
                 eps_concept = self.frozen(x_f, t_f, states_f).sample
-            else:
-                eps_anchor = self.frozen(x_f, t_f, self.emb_anchor.expand(b, -1, -1)).sample
         with self.accelerator.autocast():
             eps_forget = self.unet(x_f, t_f, states_f).sample
             if cfg.loss == "negative-guidance":
                 loss_u = losses.negative_guidance_loss(
-                    eps_forget.float(), eps_null.float(), eps_concept.float(), cfg.eta
+                    eps_forget.float(), eps_anchor.float(), eps_concept.float(), cfg.eta
                 )
             else:
                 loss_u = losses.anchor_loss(eps_forget.float(), eps_anchor.float())
@@ -233,10 +282,10 @@ class ErasureRun:
 
     def train_step(self) -> dict:
         cfg = self.config
-        batch = {"forget": self._draw(self.bank_forget, self.emb_forget, cfg.batch_size)}
-        if self.bank_retain is not None:
-            batch["retain"] = self._draw(self.bank_retain, self.emb_retain, cfg.batch_size)
-            x_r, t_r, _, states_r = batch["retain"]
+        batch = {"forget": self._draw("forget", cfg.batch_size)}
+        if self.emb_retain is not None:
+            batch["retain"] = self._draw("retain", cfg.batch_size)
+            x_r, t_r, _, states_r, _ = batch["retain"]
             batch["retain_target"] = self._frozen_retain_target(x_r, t_r, states_r)
         samples = self._retain_gradient_samples(batch) if self.mask is not None else None
 

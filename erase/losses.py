@@ -11,17 +11,21 @@ import torch
 import torch.nn.functional as F
 
 
-def negative_guidance_target(eps_null: torch.Tensor, eps_concept: torch.Tensor, eta: float) -> torch.Tensor:
-    """ESD's target: ε*(x_t, ∅, t) − η·(ε*(x_t, c, t) − ε*(x_t, ∅, t)), from the frozen model."""
-    eps_null, eps_concept = eps_null.detach(), eps_concept.detach()
-    return eps_null - eta * (eps_concept - eps_null)
+def negative_guidance_target(eps_base: torch.Tensor, eps_concept: torch.Tensor, eta: float) -> torch.Tensor:
+    """ESD's target ε*(x_t, a, t) − η·(ε*(x_t, c, t) − ε*(x_t, a, t)), from the frozen model.
+
+    a = ∅ (the unconditional prediction) is METHOD.md's loss; an anchor prompt a (the same prompt
+    without the concept) pushes away from the concept's own direction c − a only, which keeps
+    what the prompt shares with its anchor (the digit, when a style is erased)."""
+    eps_base, eps_concept = eps_base.detach(), eps_concept.detach()
+    return eps_base - eta * (eps_concept - eps_base)
 
 
 def negative_guidance_loss(
-    eps_forget: torch.Tensor, eps_null: torch.Tensor, eps_concept: torch.Tensor, eta: float
+    eps_forget: torch.Tensor, eps_base: torch.Tensor, eps_concept: torch.Tensor, eta: float
 ) -> torch.Tensor:
     """ℓ_u = ‖ε_θ(x_t, c, t) − target_u‖² (mean over elements)."""
-    return F.mse_loss(eps_forget, negative_guidance_target(eps_null, eps_concept, eta))
+    return F.mse_loss(eps_forget, negative_guidance_target(eps_base, eps_concept, eta))
 
 
 def anchor_loss(eps_forget: torch.Tensor, eps_anchor: torch.Tensor) -> torch.Tensor:

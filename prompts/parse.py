@@ -1,7 +1,8 @@
 """Read prompt lists: ``.txt`` (one prompt a line) and ``.csv`` with ESD's columns.
 
 CSV columns: ``case_number, prompt, evaluation_seed`` are required; ``concept``, ``class`` and
-``style`` are optional labels (``artist`` is read as ``style``, as in ESD's art list). Any other
+``style`` are optional labels (``artist`` is read as ``style``, as in ESD's art list), and
+``anchor`` optionally names the prompt erasure steers each row toward. Any other
 column is refused, so a typo in a header cannot silently drop a label. In ``.txt`` files blank
 lines and lines starting with ``#`` are skipped; prompt *i* gets seed ``seed + i``.
 """
@@ -13,7 +14,7 @@ import io
 from pathlib import Path
 
 from prompts.errors import PromptFileError
-from prompts.records import LABEL_COLUMNS, PromptRecord
+from prompts.records import ANCHOR_COLUMN, LABEL_COLUMNS, PromptRecord
 
 REQUIRED_COLUMNS = ("case_number", "prompt", "evaluation_seed")
 COLUMN_ALIASES = {"artist": "style"}
@@ -68,7 +69,7 @@ def parse_csv(path: Path, text: str) -> list[PromptRecord]:
     if not rows or not any(cell.strip() for cell in rows[0]):
         raise PromptFileError(path, 1, f"no header; the first line must name the columns {', '.join(REQUIRED_COLUMNS)}")
     header = [COLUMN_ALIASES.get(h.strip().lower(), h.strip().lower()) for h in rows[0]]
-    allowed = REQUIRED_COLUMNS + LABEL_COLUMNS
+    allowed = REQUIRED_COLUMNS + LABEL_COLUMNS + (ANCHOR_COLUMN,)
     for name in header:
         if name not in allowed:
             raise PromptFileError(path, 1, f"unknown column {name!r}; allowed columns: {', '.join(allowed)}")
@@ -108,7 +109,8 @@ def parse_csv(path: Path, text: str) -> list[PromptRecord]:
         if not 0 <= seed < 2**63:
             raise PromptFileError(path, line_no, f"evaluation_seed {seed} is out of range; use 0 ≤ seed < 2**63")
         labels = {name: cells[name] for name in LABEL_COLUMNS if name in cells and cells[name]}
-        records.append(PromptRecord(case_id, _check_prompt(path, line_no, cells["prompt"]), seed, labels))
+        anchor = cells.get(ANCHOR_COLUMN) or None  # an empty cell means "use --anchor"
+        records.append(PromptRecord(case_id, _check_prompt(path, line_no, cells["prompt"]), seed, labels, anchor))
     return records
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 # Optional CSV columns that say what a prompt should show (eval reads them).
 LABEL_COLUMNS = ("concept", "class", "style")
+# Optional CSV column that training reads (see PromptRecord.anchor).
+ANCHOR_COLUMN = "anchor"
 
 
 @dataclass(frozen=True)
@@ -14,13 +16,17 @@ class PromptRecord:
 
     ``case_id`` identifies the record within its list (ESD's ``case_number``); ``seed`` is the
     seed its images start from (ESD's ``evaluation_seed``); ``labels`` holds any of
-    ``concept``/``class``/``style`` that the list provides.
+    ``concept``/``class``/``style`` that the list provides. ``anchor`` (optional CSV column) is
+    what erasure steers this prompt toward instead of the unconditional prediction, e.g. the same
+    digit in the plain style when a style is erased.
     """
 
     case_id: str
     prompt: str
     seed: int
     labels: dict[str, str] = field(default_factory=dict)
+    anchor: str | None = None
 
     def to_json(self) -> dict:
-        return {"case_id": self.case_id, "prompt": self.prompt, "seed": self.seed, **self.labels}
+        extra = {"anchor": self.anchor} if self.anchor is not None else {}
+        return {"case_id": self.case_id, "prompt": self.prompt, "seed": self.seed, **self.labels, **extra}

@@ -84,6 +84,11 @@ GENERAL_RETAIN = (
 )
 
 
+# The style each style's forget prompts are anchored to: the plain drawing, and for plain itself
+# the inverted one.
+STYLE_ANCHORS = {"plain": "inverted", "inverted": "plain", "red": "plain", "blueprint": "plain"}
+
+
 def csv_text(rows: list[dict[str, object]], columns: list[str]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -111,9 +116,24 @@ def all_lists() -> dict[str, str]:
         files[f"default/classes/{word}-forget.txt"] = txt_text(forget, f"the digit {word} in every style")
         files[f"default/classes/{word}-retain.txt"] = txt_text(retain, f"every digit but {word}, in every style")
     for style in STYLES:
-        forget = [prompt_for(style, d) for d in range(10)]
+        # Each forget prompt is anchored to the same digit in a neighbouring style, so erasure
+        # pushes away from the style's direction only and the digit survives (erase/losses.py).
+        anchor = STYLE_ANCHORS[style]
+        forget = [
+            {
+                "case_number": d,
+                "prompt": prompt_for(style, d),
+                "evaluation_seed": 1000 + cases.index((style, d)),
+                "class": DIGIT_WORDS[d],
+                "style": style,
+                "anchor": prompt_for(anchor, d),
+            }
+            for d in range(10)
+        ]
         retain = [prompt_for(s, d) for s in STYLES if s != style for d in range(10)]
-        files[f"default/styles/{style}-forget.txt"] = txt_text(forget, f"every digit in the {style} style")
+        files[f"default/styles/{style}-forget.csv"] = csv_text(
+            forget, ["case_number", "prompt", "evaluation_seed", "class", "style", "anchor"]
+        )
         files[f"default/styles/{style}-retain.txt"] = txt_text(retain, f"every digit in every style but {style}")
 
     rows = [

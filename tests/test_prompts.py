@@ -31,6 +31,14 @@ def test_csv_reads_esd_columns_labels_and_artist_alias(write):
     assert (first.case_id, first.prompt, first.seed) == ("7", "a church, at night", 42)
     assert first.labels == {"class": "church", "style": "Monet"}
     assert second.labels == {}
+    assert first.anchor is None
+
+
+def test_csv_anchor_column_is_read_and_an_empty_cell_means_none(write):
+    path = write("a.csv", "case_number,prompt,evaluation_seed,anchor\n1,a red cat,1,a cat\n2,a red dog,2,\n")
+    first, second = read_prompt_file(path)
+    assert (first.anchor, second.anchor) == ("a cat", None)
+    assert first.to_json()["anchor"] == "a cat" and "anchor" not in second.to_json()
 
 
 BAD_FILES = [
@@ -99,6 +107,13 @@ def test_default_lists_partition_the_digit_prompts():
         assert not forget & retain
         assert forget | retain == everything
         assert all(key in p for p in forget) and not any(key in p for p in retain)
+
+
+def test_style_forget_lists_anchor_each_digit_to_the_same_digit_in_another_style():
+    for style in ("plain", "inverted", "red", "blueprint"):
+        for record in load_prompts(f"default/styles/{style}-forget"):
+            assert record.anchor and record.anchor != record.prompt
+            assert record.anchor.endswith(f"digit {record.labels['class']}") and style not in record.anchor
 
 
 def test_imagenette_list_covers_ten_classes_with_templates():

@@ -5,6 +5,8 @@ refused with one line and nothing written."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,6 +109,54 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_pipeline_dir, ret
     strip = [{k: v for k, v in e.items() if k != "seconds"} for e in log_a]
     assert strip == [{k: v for k, v in e.items() if k != "seconds"} for e in log_b]
     assert any(e["lambda"] > 0 for e in log_a), "λ never moved, so the test would not see a lost λ"
+
+
+def test_an_anchor_equal_to_the_prompt_gives_zero_forget_loss(tiny_pipeline_dir, retain_file, tmp_path, write):
+    """The per-prompt anchor replaces ∅ in the negative-guidance target: anchored to itself, the
+    target is the frozen prediction, which the untrained UNet matches exactly at step 1."""
+    forget = write(
+        "f.csv", "case_number,prompt,evaluation_seed,anchor\n1,a red circle,1,a red circle\n2,a red cat,2,\n"
+    )
+    assert loop.resolve_prompts(
+        tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "x", concept=None, forget=str(forget), anchor="a cat")
+    )[:2] == (["a red circle", "a red cat"], ["a red circle", "a cat"])
+    runs = {}
+    for name, anchor in (("self", "a red circle"), ("null", "")):
+        out = loop.train(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / name, anchor=anchor, steps=1))
+        runs[name] = json.loads((out / "train_log.jsonl").read_text().splitlines()[0])["loss_forget"]
+        assert json.loads((out / "train_config.json").read_text())["anchor_prompts"] == [anchor]
+    assert runs["self"] == 0.0 and runs["null"] > 0
+
+
+def test_sample_to_t_path_uses_sampler_timesteps_in_range_and_no_bank(tiny_pipeline_dir, retain_file, tmp_path):
+    config = tiny_config(
+        tiny_pipeline_dir, retain_file, tmp_path / "run", x_source="sample", bank_steps=5, t_min=300, t_max=700
+    )
+    banks = Path(os.environ["ERASE_CACHE_DIR"]) / "banks"
+    cached_before = set(banks.glob("*")) if banks.exists() else set()
+    run = loop.ErasureRun(config)
+    run.setup()
+    assert (set(banks.glob("*")) if banks.exists() else set()) == cached_before  # no bank was made
+    sampler_times = run.sampler.timesteps.tolist()
+    allowed = {t for t in sampler_times if 300 <= t <= 700}
+    assert allowed and set(sampler_times) - allowed
+    seen = set()
+    for _ in range(12):
+        x_t, t, _, states, rows = run._draw("forget", 3)
+        assert x_t.shape[0] == 3 and torch.isfinite(x_t).all() and len(set(t.tolist())) == 1
+        seen.add(int(t[0]))
+    assert seen <= allowed and len(seen) > 1
+    before = unet_weights(tiny_pipeline_dir)
+    after = unet_weights(run.train())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_sample_path_with_no_timestep_in_range_is_refused(tiny_pipeline_dir, retain_file, tmp_path):
+    config = tiny_config(
+        tiny_pipeline_dir, retain_file, tmp_path / "run", x_source="sample", bank_steps=2, t_min=10, t_max=20
+    )
+    with pytest.raises(InputError, match="no sampler timestep"):
+        loop.ErasureRun(config).setup()
 
 
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_checkpoint(
