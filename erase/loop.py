@@ -269,13 +269,25 @@ class ErasureRun:
             value = self._retain_loss(batch)
         return self.accelerator.reduce(value.detach(), "mean").item()
 
+    def _backward(self, loss: torch.Tensor, **kwargs) -> None:
+        """Backward, then average the trainable gradients over processes ourselves: DDP's hooks
+        expect one backward per forward, but balancers and the mask take several per step (a
+        two-process test caught `explicit` drifting apart under DDP's own reduction)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            acc.backward(loss, **kwargs)
+            return
+        with acc.no_sync(self.unet):
+            acc.backward(loss, **kwargs)
+        set_flat_grad(self.params, acc.reduce(flat_grad(self.params), "mean"))
+
     def _retain_gradient_samples(self, batch) -> torch.Tensor:
         """(m, n) retain gradients over m micro-batches, for the feasible mask."""
         samples = []
         rows = batch["retain"][0].shape[0]
         for part in torch.arange(rows, device=batch["retain"][0].device).chunk(self.mask.micro_batches):
             self.optimizer.zero_grad(set_to_none=True)
-            self.accelerator.backward(self._retain_loss(batch, part))
+            self._backward(self._retain_loss(batch, part))
             samples.append(flat_grad(self.params))
         self.optimizer.zero_grad(set_to_none=True)
         return torch.stack(samples)
@@ -299,7 +311,7 @@ class ErasureRun:
                 "lower --learning-rate or use --mixed-precision no (the last good checkpoint is kept)"
             )
         log = {"loss_forget": value_u, "loss_retain": value_r}
-        log |= self.balancer.backward(loss_u, loss_r, self.params, self.accelerator.backward, value_r)
+        log |= self.balancer.backward(loss_u, loss_r, self.params, self._backward, value_r)
         if samples is not None:
             masked, log["mask_kept"] = self.mask.apply(flat_grad(self.params), samples)
             set_flat_grad(self.params, masked)
@@ -342,9 +354,21 @@ class ErasureRun:
             bar.set_postfix(l_u=f"{log['loss_forget']:.4f}", lam=f"{log.get('lambda', 0):.3g}")
         bar.close()
         acc.wait_for_everyone()
+        if acc.num_processes > 1:
+            self._check_processes_agree()
         if acc.is_main_process:
             self._save_pipeline()
         return self.output
+
+    def _check_processes_agree(self) -> None:
+        """Under data parallelism every process must end with the same weights and λ; a
+        mismatch means the processes diverged (e.g. a balancer used unsynchronised values)."""
+        weights = torch.stack([p.detach().double().sum() for p in self.params]).sum()
+        lam = float(self.balancer.state_dict().get("lambda", 0.0))
+        mine = torch.tensor([[weights.item(), lam]], dtype=torch.float64, device=self.accelerator.device)
+        every = self.accelerator.gather(mine)
+        if not torch.equal(every, mine.expand_as(every)):
+            raise RuntimeError(f"processes ended with different weights or λ: {every.tolist()}")
 
     def _checkpoint(self, step: int) -> None:
         unet = self.accelerator.unwrap_model(self.unet)

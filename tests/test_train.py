@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -235,3 +237,20 @@ def test_unknown_method_is_an_argparse_choice_error(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--concept", "x", "--output", "o", "--method", "magic"])
     assert info.value.code == 2 and "invalid choice: 'magic'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [["--method", "eupmu"], ["--method", "explicit", "--mask", "feasible"]])
+def test_two_process_data_parallel_run_keeps_processes_in_step(tiny_pipeline_dir, retain_file, tmp_path, flags):
+    """`torchrun` with two CPU processes (gloo): the loop's end-of-run check gathers every
+    process's weight checksum and λ and fails the run if they differ."""
+    out = tmp_path / "run"
+    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "erase", "train", "--model", str(tiny_pipeline_dir), "--concept", "a red circle"]
+    command += ["--retain", str(retain_file), "--output", str(out), "--steps", "3", "--batch-size", "2"]
+    command += ["--bank-size", "1", "--bank-steps", "1", "--mask-micro-batches", "2", "--no-progress", *flags]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3]
+    assert StableDiffusionPipeline.from_pretrained(out).unet is not None
