@@ -21,8 +21,10 @@ COMMANDS = {
     "train": "erase.commands.train",
     "export": "erase.commands.export",
     "apply": "erase.commands.apply",
+    "eval": "erase.commands.eval",
 }
 HELP = {
+    "eval": "evaluate erased models: UA/RA/IRA/CRA, FID, CLIP score, and a report",
     "generate": "draw images for a prompt list (seeded, batched, resumable)",
     "prompts": "list the shipped prompt lists, or show one",
     "train": "erase a concept: fine-tune the UNet, write a run folder",

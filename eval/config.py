@@ -1,0 +1,70 @@
+"""``EvalConfig``: everything ``erase eval`` does, typed; the CLI flags are its fields."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from prompts import InputError
+
+
+@dataclass
+class EvalConfig:
+    runs: list[str] = field(metadata={"help": "run folders from `erase train` (or any model with --base)"})
+    output: str = field(metadata={"help": "report folder: images/, metrics.json, report.md, figures/"})
+    base: str | None = field(
+        default=None, metadata={"help": "the original model (default: the base recorded in the run folder)"}
+    )
+    prompts: str | None = field(
+        default=None,
+        metadata={"help": "evaluation prompt CSV with class/style columns (default model: default/digits)"},
+    )
+    forget: str | None = field(
+        default=None, metadata={"help": "prompt list of the erased concept (default: the run's forget prompts)"}
+    )
+    erased: str | None = field(
+        default=None, metadata={"help": "what was erased, as AXIS=LABEL, e.g. class=three or style=red"}
+    )
+    judge: Literal["auto", "digit-style", "open-clip"] = field(
+        default="auto", metadata={"help": "classifier for UA/RA/IRA/CRA (auto: digit-style for the default model)"}
+    )
+    clip_model: str = field(default="ViT-B-32", metadata={"help": "open_clip architecture for CLIP score/judging"})
+    clip_weights: str | None = field(
+        default=None, metadata={"help": "local open_clip weights (.safetensors); enables CLIP score"}
+    )
+    real_images: str | None = field(default=None, metadata={"help": "folder of real images: adds FID vs real"})
+    images_per_prompt: int = field(default=10, metadata={"help": "images per prompt and model"})
+    steps: int = field(default=20, metadata={"help": "sampler steps"})
+    guidance_scale: float = field(default=5.0, metadata={"help": "classifier-free guidance scale"})
+    batch_size: int = field(default=40, metadata={"help": "images per pipeline call"})
+    dtype: Literal["float32", "float16", "bfloat16"] = field(default="float32", metadata={"help": "weights' precision"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    model_config: str | None = field(
+        default=None, metadata={"help": "architecture folder (or `default`) for single-file checkpoints"}
+    )
+    allow_pickle: bool = field(default=False, metadata={"help": "allow pickled checkpoints (runs pickle!)"})
+    overwrite: bool = field(default=False, metadata={"help": "regenerate images made with other settings"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise InputError("give at least one run folder to evaluate")
+        for name in ("images_per_prompt", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not math.isfinite(self.guidance_scale):
+            raise InputError(f"--guidance-scale must be a finite number, got {self.guidance_scale}")
+        if self.erased is not None:
+            self.erased_labels()
+
+    def erased_labels(self) -> dict[str, str]:
+        """``--erased class=three,style=red`` → {"class": "three", "style": "red"}."""
+        out = {}
+        for part in (self.erased or "").split(","):
+            axis, sep, label = part.partition("=")
+            axis, label = axis.strip(), label.strip()
+            if not sep or axis not in ("class", "style") or not label:
+                raise InputError(f"--erased takes AXIS=LABEL with AXIS class or style, e.g. class=three; got {part!r}")
+            out[axis] = label
+        return out

@@ -1,0 +1,121 @@
+"""Judges: classifiers that say which class and/or style each generated image shows.
+
+A judge is named and registered here; ``erase eval --judge NAME`` picks one. Each predicts a
+label per image on one or more axes (``class``, ``style``), using the label names of the
+prompt list, and may offer a feature space for FID.
+
+- ``digit-style``: the default model's shipped classifier (digits and styles).
+- ``open-clip``: zero-shot open_clip over the prompt list's label set, with local weights.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from prompts import InputError
+
+JUDGES: dict[str, Callable[..., Judge]] = {}
+
+
+def register_judge(name: str):
+    def wrap(factory):
+        JUDGES[name] = factory
+        return factory
+
+    return wrap
+
+
+class Judge(ABC):
+    """``predict`` maps images in [-1, 1], (N, 3, H, W), to one label name per image per axis."""
+
+    name: ClassVar[str]
+    axes: tuple[str, ...]
+    image_size: int | None = None  # images are resized to this before predict/features
+    feature_name: str | None = None  # set when ``features`` is available (FID's feature space)
+
+    @abstractmethod
+    def predict(self, images: torch.Tensor) -> dict[str, list[str]]: ...
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"judge {self.name!r} has no feature space for FID")
+
+
+class DigitStyleJudge(Judge):
+    name = "digit-style"
+
+    def __init__(self, folder: str | Path | None = None):
+        from eval.classifiers.digit_style import SHIPPED_FOLDER, load_digit_style_classifier
+        from pipelines.default.render import DIGIT_WORDS
+
+        self.model = load_digit_style_classifier(folder or SHIPPED_FOLDER).eval()
+        self.digits = list(DIGIT_WORDS)
+        self.axes = ("class", "style")
+        self.image_size = 32
+        self.feature_name = f"digit-style classifier features ({self.model.num_features}-d)"
+
+    @torch.no_grad()
+    def predict(self, images):
+        digit_logits, style_logits = self.model(images)
+        return {
+            "class": [self.digits[i] for i in digit_logits.argmax(1).tolist()],
+            "style": [self.model.styles[i] for i in style_logits.argmax(1).tolist()],
+        }
+
+    @torch.no_grad()
+    def features(self, images):
+        return self.model.features(images)
+
+
+@register_judge("digit-style")
+def _digit_style(labels: dict[str, list[str]], folder: str | None = None, **_) -> Judge:
+    return DigitStyleJudge(folder)
+
+
+class ZeroShotJudge(Judge):
+    """open_clip zero-shot: each axis's label set is scored with a text template per axis."""
+
+    name = "open-clip"
+    TEMPLATES: ClassVar[dict[str, str]] = {"class": "a photo of a {}", "style": "a painting in the style of {}"}
+
+    def __init__(self, encoder, labels: dict[str, list[str]]):
+        self.encoder = encoder
+        self.labels = {axis: sorted(set(names)) for axis, names in labels.items() if names}
+        if not self.labels:
+            raise InputError("the prompt list has no class or style column, so there is nothing to classify")
+        self.axes = tuple(self.labels)
+        self.image_size = encoder.image_size
+        self.feature_name = f"open_clip {encoder.architecture} image features"
+        self.text = {
+            axis: encoder.encode_text([self.TEMPLATES[axis].format(n) for n in names])
+            for axis, names in self.labels.items()
+        }
+
+    @torch.no_grad()
+    def predict(self, images):
+        image = self.encoder.encode_image(images)
+        return {
+            axis: [names[i] for i in (image @ self.text[axis].T).argmax(1).tolist()]
+            for axis, names in self.labels.items()
+        }
+
+    @torch.no_grad()
+    def features(self, images):
+        return self.encoder.encode_image(images)
+
+
+@register_judge("open-clip")
+def _open_clip(labels: dict[str, list[str]], clip_model: str = "ViT-B-32", clip_weights: str | None = None, **_):
+    from eval.clip_encoder import load_clip_encoder
+
+    return ZeroShotJudge(load_clip_encoder(clip_model, clip_weights), labels)
+
+
+def build_judge(name: str, labels: dict[str, list[str]], **options) -> Judge:
+    if name not in JUDGES:
+        raise InputError(f"unknown judge {name!r}; choose one of {', '.join(JUDGES)}")
+    return JUDGES[name](labels, **options)

@@ -1,0 +1,214 @@
+"""``erase eval``: generate with the base and each erased model on the same seeds, judge the
+images, compute every registered metric, and write the report.
+
+Flow: run folders → (base model, erased concept, prompt list) → images per model (through
+``pipelines.generate``, resumable) → judge labels → metrics per run → metrics.json + report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from eval.config import EvalConfig
+from eval.images import load_images
+from eval.judges import build_judge
+from eval.metrics import METRICS, EvalContext, ModelImages
+from pipelines.generate import GenerateConfig, generate, read_manifest
+from pipelines.loading import DEFAULT_MODEL_DIR
+from prompts import InputError, load_prompts
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass
+class RunInfo:
+    """One model under evaluation and what it erased."""
+
+    name: str
+    model: str
+    base: str | None
+    forget_prompts: list[str]
+    log: Path | None
+
+
+def read_run(spec: str) -> RunInfo:
+    path = Path(spec)
+    config_file = path / "train_config.json"
+    if config_file.is_file():
+        config = json.loads(config_file.read_text())
+        log = path / "train_log.jsonl"
+        return RunInfo(
+            path.name, spec, config.get("base_model"), config.get("forget_prompts", []), log if log.is_file() else None
+        )
+    return RunInfo(path.name or spec, spec, None, [], None)
+
+
+def _is_default(model: str | None) -> bool:
+    return model == "default" or (model is not None and Path(model).resolve() == DEFAULT_MODEL_DIR.resolve())
+
+
+def _unique_names(runs: list[RunInfo]) -> None:
+    seen: dict[str, int] = {"base": 1}
+    for run in runs:
+        count = seen.get(run.name, 0)
+        seen[run.name] = count + 1
+        if count:
+            run.name = f"{run.name}-{count + 1}"
+
+
+def infer_erased(forget_prompts: list[str], records) -> dict[str, str]:
+    """The labels every forget prompt shares in the evaluation list: class three when all four
+    styles of three were erased, style red when every red digit was."""
+    by_prompt = {r.prompt: r.labels for r in records}
+    matched = [by_prompt[p] for p in forget_prompts if p in by_prompt]
+    if not matched:
+        raise InputError(
+            "none of the run's forget prompts is in the evaluation prompt list, so what was erased is unknown; "
+            "give --erased class=NAME or style=NAME (or --forget a list whose prompts are in --prompts)"
+        )
+    shared = {axis: matched[0][axis] for axis in ("class", "style") if axis in matched[0]}
+    return {axis: label for axis, label in shared.items() if all(m.get(axis) == label for m in matched)}
+
+
+@dataclass
+class Evaluation:
+    metrics: dict
+    output: Path
+    images_per_second: float | None
+
+
+def evaluate(config: EvalConfig) -> Evaluation:
+    output = Path(config.output)
+    runs = [read_run(spec) for spec in config.runs]
+    _unique_names(runs)
+    bases = {r.base for r in runs if r.base}
+    base = config.base or (bases.pop() if len(bases) == 1 else None)
+    if base is None:
+        raise InputError(
+            "runs record different base models" if len(bases) > 1 else "no base model recorded; give --base MODEL"
+        )
+    prompts = config.prompts or ("default/digits" if _is_default(base) else None)
+    if prompts is None:
+        raise InputError("give --prompts: a CSV with class and/or style columns saying what each prompt shows")
+    records = load_prompts(prompts)
+    labels = {axis: [r.labels[axis] for r in records if axis in r.labels] for axis in ("class", "style")}
+    if not any(labels.values()):
+        raise InputError(f"--prompts {prompts} has no class or style column; the erasure metrics need one")
+    if config.forget:
+        forget = [r.prompt for r in load_prompts(config.forget)]
+        for run in runs:
+            run.forget_prompts = forget
+    erased = {
+        r.name: config.erased_labels() if config.erased else infer_erased(r.forget_prompts, records) for r in runs
+    }
+
+    judge_name = config.judge if config.judge != "auto" else ("digit-style" if _is_default(base) else "open-clip")
+    judge = build_judge(judge_name, labels, clip_model=config.clip_model, clip_weights=config.clip_weights)
+    clip = None
+    if config.clip_weights:
+        from eval.clip_encoder import load_clip_encoder
+
+        clip = load_clip_encoder(config.clip_model, config.clip_weights, config.allow_pickle)
+    real = _real_images(config.real_images)
+
+    # 1. Images, the same seeds for every model.
+    models, generated, seconds = [], 0, 0.0
+    for name, spec, is_base in [("base", base, True)] + [(r.name, r.model, False) for r in runs]:
+        folder = output / "images" / name
+        result = generate(
+            GenerateConfig(
+                prompts=prompts,
+                output=str(folder),
+                model=spec,
+                images_per_prompt=config.images_per_prompt,
+                steps=config.steps,
+                guidance_scale=config.guidance_scale,
+                batch_size=config.batch_size,
+                dtype=config.dtype,
+                device=config.device,
+                allow_pickle=config.allow_pickle,
+                model_config=config.model_config,
+                overwrite=config.overwrite,
+                progress=config.progress,
+            )
+        )
+        generated, seconds = generated + result.generated, seconds + result.seconds
+        models.append(ModelImages(name, folder, list(read_manifest(folder).values()), is_base=is_base))
+
+    # 2. The judge's labels.
+    for model in tqdm(models, desc="judge", disable=not config.progress):
+        model.predictions = _judge(judge, model)
+
+    # 3. Metrics per run (the base model is scored against each run's erased concept too).
+    start = time.perf_counter()
+    result = {"settings": _settings(config, base, prompts, judge_name, judge), "runs": {}}
+    base_images = models[0]
+    for run, model in zip(runs, models[1:], strict=True):
+        forget_rows = [
+            i for i, e in enumerate(model.entries) if all(e.get(a) == v for a, v in erased[run.name].items())
+        ]
+        ctx = EvalContext([base_images, model], erased[run.name], forget_rows, judge, clip, real)
+        scores = {m.name: {} for m in ctx.models}
+        for metric in METRICS.values():
+            for m in ctx.models:
+                scores[m.name] |= metric(ctx, m)
+        result["runs"][run.name] = {
+            "model": run.model,
+            "erased": erased[run.name],
+            "forget_images": len(forget_rows),
+            "retain_images": len(ctx.retain_rows),
+            "base": scores["base"],
+            "erased_model": scores[model.name],
+            "train_log": str(run.log) if run.log else None,
+        }
+    result["metrics_seconds"] = round(time.perf_counter() - start, 1)
+    rate = generated / seconds if generated and seconds > 0 else None
+    result["generation"] = {"images_generated": generated, "seconds": round(seconds, 1), "images_per_second": rate}
+
+    from eval.report import write_report
+
+    write_report(result, models, runs, output)
+    return Evaluation(result, output, rate)
+
+
+@torch.no_grad()
+def _judge(judge, model: ModelImages, batch: int = 256) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {axis: [] for axis in judge.axes}
+    rows = list(range(len(model.entries)))
+    for first in range(0, len(rows), batch):
+        images = load_images(model.paths(rows[first : first + batch]), size=judge.image_size)
+        for axis, names in judge.predict(images).items():
+            out[axis] += names
+    return out
+
+
+def _real_images(folder: str | None) -> list[Path] | None:
+    if folder is None:
+        return None
+    path = Path(folder)
+    if not path.is_dir():
+        raise InputError(f"--real-images {path} is not a folder of images")
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(files) < 2:
+        raise InputError(f"--real-images {path} holds {len(files)} images; FID needs at least 2 (.png/.jpg/.webp)")
+    return files
+
+
+def _settings(config: EvalConfig, base: str, prompts: str, judge_name: str, judge) -> dict:
+    return {
+        "base": base,
+        "prompts": prompts,
+        "judge": judge_name,
+        "fid_features": judge.feature_name,
+        "clip_model": config.clip_model if config.clip_weights else None,
+        "images_per_prompt": config.images_per_prompt,
+        "steps": config.steps,
+        "guidance_scale": config.guidance_scale,
+        "dtype": config.dtype,
+    }

@@ -1,0 +1,206 @@
+"""Evaluation: metric code on crafted labels and images with known answers, the erased-concept
+inference, the report's sections on a tiny end-to-end run, and clear errors for missing weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import erase.loop as loop
+from erase.cli import main
+from erase.config import TrainConfig
+from eval.config import EvalConfig
+from eval.judges import Judge
+from eval.metrics import EvalContext, ModelImages
+from eval.metrics.clip_score import clip_score
+from eval.metrics.erasure import erasure_metrics
+from eval.metrics.fid import frechet_distance
+from eval.report import SECTIONS
+from eval.runner import evaluate, infer_erased
+from prompts import InputError, load_prompts
+
+
+def crafted(truth: list[tuple[str, str]], guess: list[tuple[str, str]]) -> ModelImages:
+    entries = [{"prompt": f"a {s} {c}", "class": c, "style": s, "file": f"{i}.png"} for i, (c, s) in enumerate(truth)]
+    return ModelImages(
+        "m", None, entries, {"class": [g[0] for g in guess], "style": [g[1] for g in guess]}, is_base=False
+    )
+
+
+def test_class_wise_ua_and_ra_are_exact_on_a_crafted_set():
+    truth = [("three", "red")] * 4 + [("five", "red")] * 3 + [("one", "plain")] * 3
+    guess = [("three", "red"), ("eight", "red"), ("five", "red"), ("one", "red")]  # 3 of 4 not "three"
+    guess += [("five", "red"), ("five", "red"), ("three", "red")]  # 2 of 3 fives right
+    guess += [("one", "plain"), ("seven", "plain"), ("one", "plain")]  # 2 of 3 ones right
+    model = crafted(truth, guess)
+    ctx = EvalContext([model], {"class": "three"}, forget_rows=[0, 1, 2, 3])
+    scores = erasure_metrics(ctx, model)
+    assert scores["UA"]["value"] == 0.75 and scores["UA"]["n"] == 4
+    assert scores["RA"]["value"] == round(4 / 6, 4) and scores["RA"]["n"] == 6
+    assert "IRA" not in scores and "NOT recognise" in scores["UA"]["definition"]
+
+
+def test_style_ua_ira_and_cra_are_exact_on_a_crafted_set():
+    truth = [("one", "red"), ("two", "red"), ("one", "plain"), ("two", "plain"), ("one", "blueprint")]
+    guess = [("one", "plain"), ("five", "red"), ("one", "plain"), ("two", "red"), ("one", "blueprint")]
+    model = crafted(truth, guess)
+    scores = erasure_metrics(EvalContext([model], {"style": "red"}, forget_rows=[0, 1]), model)
+    assert scores["UA"]["value"] == 0.5  # one of the two red images is not judged red
+    assert scores["IRA"]["value"] == round(2 / 3, 4) and scores["IRA"]["n"] == 3
+    assert scores["CRA"]["value"] == 0.8 and scores["CRA"]["n"] == 5  # only "two" under red is wrong
+    assert scores["CRA_erased_style"]["value"] == 0.5 and scores["CRA_erased_style"]["n"] == 2
+
+
+def test_the_erased_concept_is_what_every_forget_prompt_shares():
+    digits = load_prompts("default/digits")
+    three = [r.prompt for r in load_prompts("default/classes/three-forget")]
+    red = [r.prompt for r in load_prompts("default/styles/red-forget")]
+    assert infer_erased(three, digits) == {"class": "three"}
+    assert infer_erased(red, digits) == {"style": "red"}
+    assert infer_erased(["a plain drawing of the digit three"], digits) == {"class": "three", "style": "plain"}
+    with pytest.raises(InputError, match="--erased"):
+        infer_erased(["a castle"], digits)
+
+
+class PooledJudge(Judge):
+    """A fixed feature space: 4×4 average-pooled pixels (48-d)."""
+
+    name, axes, image_size, feature_name = "pooled", (), None, "pooled pixels"
+
+    def predict(self, images):
+        return {}
+
+    def features(self, images):
+        return F.adaptive_avg_pool2d(images, 4).flatten(1)
+
+
+def test_fid_is_zero_for_identical_sets_and_grows_with_a_shift():
+    images = torch.rand(200, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    judge = PooledJudge()
+    same = frechet_distance(judge, images, images.clone())
+    small = frechet_distance(judge, images, (images + 0.1).clamp(-1, 1))
+    large = frechet_distance(judge, images, (images + 0.5).clamp(-1, 1))
+    assert abs(same) < 1e-3
+    assert same < small < large
+
+
+class ColourEncoder:
+    """A tiny fixed 'CLIP': images embed as their mean colour, texts as the colour they name."""
+
+    architecture = "colour"
+    COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0)}
+
+    def encode_image(self, images):
+        return F.normalize((images + 1).mean(dim=(2, 3)), dim=-1)
+
+    def encode_text(self, texts):
+        return F.normalize(torch.tensor([self.COLOURS[t.split()[1]] for t in texts]) + 0.05, dim=-1)
+
+
+def test_clip_score_is_higher_for_matching_prompt_image_pairs():
+    images = -torch.ones(3, 3, 8, 8)
+    for i in range(3):
+        images[i, i] = 1.0  # a red, a green and a blue image
+    encoder = ColourEncoder()
+    matching = clip_score(encoder, images, ["a red square", "a green square", "a blue square"])
+    swapped = clip_score(encoder, images, ["a green square", "a blue square", "a red square"])
+    assert (matching > swapped).all()
+    assert ((0 <= matching) & (matching <= 100)).all() and matching.min() > 90
+
+
+@pytest.fixture()
+def labelled_prompts(write):
+    rows = ["case_number,prompt,evaluation_seed,class,style"]
+    cases = [("three", "red"), ("three", "plain"), ("five", "red"), ("five", "plain"), ("one", "plain")]
+    rows += [f"{i},a {s} drawing of the digit {c},{10 + i},{c},{s}" for i, (c, s) in enumerate(cases)]
+    return write("eval.csv", "\n".join(rows) + "\n")
+
+
+@pytest.fixture()
+def tiny_run(tiny_pipeline_dir, write, tmp_path):
+    forget = write("forget.txt", "a red drawing of the digit three\na plain drawing of the digit three\n")
+    retain = write("retain.txt", "a red drawing of the digit five\na plain drawing of the digit one\n")
+    config = TrainConfig(
+        output=str(tmp_path / "run"),
+        model=str(tiny_pipeline_dir),
+        forget=str(forget),
+        retain=str(retain),
+        steps=3,
+        batch_size=2,
+        bank_size=1,
+        bank_steps=1,
+        progress=False,
+    )
+    return loop.train(config)
+
+
+def test_eval_end_to_end_writes_every_section_and_pairs_seeds(tiny_run, labelled_prompts, tmp_path):
+    out = tmp_path / "report"
+    real = tmp_path / "real"
+    real.mkdir()
+    noise = torch.Generator().manual_seed(1)
+    for i in range(6):
+        pixels = (torch.rand(16, 16, 3, generator=noise) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(real / f"{i}.png")
+    config = EvalConfig(
+        runs=[str(tiny_run)],
+        output=str(out),
+        prompts=str(labelled_prompts),
+        judge="digit-style",
+        real_images=str(real),
+        images_per_prompt=2,
+        steps=2,
+    )
+    result = evaluate(config)
+    run = result.metrics["runs"]["run"]
+    assert run["erased"] == {"class": "three"}
+    assert run["forget_images"] == 4 and run["retain_images"] == 6
+    assert run["erased_model"]["FID_vs_real"]["real_images"] == 6
+    for key in ("UA", "RA", "FID_vs_base", "FID_vs_real"):
+        entry = run["erased_model"][key]
+        assert entry["definition"] and entry["n"] > 0 and entry["value"] is not None
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(result.metrics))
+    report = (out / "report.md").read_text()
+    for section in SECTIONS:
+        assert f"## {section}" in report
+    for name in ("run-forget.png", "run-retain.png", "run-training.png", "ua_vs_utility.png"):
+        assert (out / "figures" / name).is_file()
+        assert f"figures/{name}" in report
+    base = [json.loads(x) for x in (out / "images" / "base" / "manifest.jsonl").read_text().splitlines()]
+    erased = [json.loads(x) for x in (out / "images" / "run" / "manifest.jsonl").read_text().splitlines()]
+    assert [(e["prompt"], e["seed"], e["image_index"]) for e in base] == [
+        (e["prompt"], e["seed"], e["image_index"]) for e in erased
+    ]
+
+
+def test_open_clip_judge_without_weights_says_which_file_is_needed(tiny_run, labelled_prompts, tmp_path, capsys):
+    code = main(
+        ["eval", str(tiny_run), "--output", str(tmp_path / "r"), "--prompts", str(labelled_prompts),
+         "--judge", "open-clip"]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "--clip-weights FILE" in err[0] and "nothing is downloaded" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--erased", "colour=red"], "--erased takes AXIS=LABEL"),
+        (["--images-per-prompt", "0"], "--images-per-prompt must be at least 1"),
+        (["--clip-weights", "missing.safetensors"], "--clip-weights missing.safetensors does not exist"),
+        (["--real-images", "nowhere"], "--real-images nowhere is not a folder"),
+    ],
+)
+def test_eval_bad_input_is_one_line_and_exit_2(tiny_run, labelled_prompts, tmp_path, capsys, extra, message):
+    out = tmp_path / "r"
+    argv = ["eval", str(tiny_run), "--output", str(out), "--prompts", str(labelled_prompts), "--judge", "digit-style"]
+    code = main([*argv, *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not out.exists()
