@@ -26,8 +26,13 @@ class EvalConfig:
     erased: str | None = field(
         default=None, metadata={"help": "what was erased, as AXIS=LABEL, e.g. class=three or style=red"}
     )
-    judge: Literal["auto", "digit-style", "open-clip"] = field(
-        default="auto", metadata={"help": "classifier for UA/RA/IRA/CRA (auto: digit-style for the default model)"}
+    judge: Literal["auto", "digit-style", "open-clip", "transformers"] = field(
+        default="auto",
+        metadata={"help": "classifier for UA/RA/IRA/CRA (auto: digit-style for the default model, else open-clip)"},
+    )
+    classifier: str | None = field(
+        default=None,
+        metadata={"help": "classifier folder: a transformers image-classification model for --judge transformers"},
     )
     clip_model: str = field(default="ViT-B-32", metadata={"help": "open_clip architecture for CLIP score/judging"})
     clip_weights: str | None = field(

@@ -6,6 +6,8 @@ prompt list, and may offer a feature space for FID.
 
 - ``digit-style``: the default model's shipped classifier (digits and styles).
 - ``open-clip``: zero-shot open_clip over the prompt list's label set, with local weights.
+- ``transformers``: an image-classification model from a local folder (or the HF cache), e.g. a
+  ResNet-50 for Imagenette classes; its ImageNet label names are matched to the list's classes.
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ class DigitStyleJudge(Judge):
 
 
 @register_judge("digit-style")
-def _digit_style(labels: dict[str, list[str]], folder: str | None = None, **_) -> Judge:
-    return DigitStyleJudge(folder)
+def _digit_style(labels: dict[str, list[str]], classifier: str | None = None, **_) -> Judge:
+    return DigitStyleJudge(classifier)
 
 
 class ZeroShotJudge(Judge):
@@ -113,6 +115,57 @@ def _open_clip(labels: dict[str, list[str]], clip_model: str = "ViT-B-32", clip_
     from eval.clip_encoder import load_clip_encoder
 
     return ZeroShotJudge(load_clip_encoder(clip_model, clip_weights), labels)
+
+
+class TransformersJudge(Judge):
+    """Classes only. Each of the prompt list's class names is matched, case-insensitively, to the
+    model labels that list it among their comma-separated synonyms ("church" → "church, church
+    building"); an image gets the list class whose best matching logit is highest."""
+
+    name = "transformers"
+
+    def __init__(self, source: str, classes: list[str]):
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        try:
+            self.model = AutoModelForImageClassification.from_pretrained(
+                source, local_files_only=True, use_safetensors=True
+            ).eval()
+            self.processor = AutoImageProcessor.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError) as err:
+            first = str(err).strip().splitlines()[0][:160]
+            raise InputError(
+                f"cannot load image classifier {source!r} offline ({first}); give a local folder with "
+                "config.json, model.safetensors and preprocessor_config.json (pickled weights are not read)"
+            ) from None
+        synonyms = {
+            int(i): [s.strip().lower() for s in str(text).split(",")] for i, text in self.model.config.id2label.items()
+        }
+        self.classes = sorted(set(classes))
+        self.columns = {c: [i for i, names in synonyms.items() if c.lower() in names] for c in self.classes}
+        missing = [c for c, ids in self.columns.items() if not ids]
+        if missing:
+            raise InputError(
+                f"classifier {source!r} has no label named {', '.join(map(repr, missing))}; its labels are "
+                f"{', '.join(list(self.model.config.id2label.values())[:5])}, ..."
+            )
+        self.axes = ("class",)
+
+    @torch.no_grad()
+    def predict(self, images):
+        pixels = self.processor(images=list((images.float() + 1) / 2), return_tensors="pt", do_rescale=False)
+        logits = self.model(**pixels).logits
+        best = torch.stack([logits[:, ids].max(1).values for ids in self.columns.values()], dim=1)
+        return {"class": [self.classes[i] for i in best.argmax(1).tolist()]}
+
+
+@register_judge("transformers")
+def _transformers(labels: dict[str, list[str]], classifier: str | None = None, **_) -> Judge:
+    if not classifier:
+        raise InputError("--judge transformers needs --classifier FOLDER (a local image-classification model)")
+    if not labels.get("class"):
+        raise InputError("--judge transformers judges classes, but the prompt list has no class column")
+    return TransformersJudge(classifier, labels["class"])
 
 
 def build_judge(name: str, labels: dict[str, list[str]], **options) -> Judge:

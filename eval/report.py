@@ -17,6 +17,7 @@ from pipelines.grid import save_grid  # noqa: E402
 
 SECTIONS = ("Settings", "Definitions", "Results", "Comparison", "Images", "Training curves")
 UTILITY_KEYS = ("RA", "IRA")  # the retained-accuracy metric a scatter puts against UA
+COLUMN_ORDER = ("UA", "UA_class", "UA_style", "RA", "IRA", "CRA", "CRA_erased_style", "FID_vs_base", "FID_vs_real")
 
 
 def _fmt(entry: dict | None) -> str:
@@ -60,7 +61,8 @@ def write_report(result: dict, models, runs, output: Path) -> Path:
         lines.append("")
 
     lines += ["## Comparison", ""]
-    keys = sorted({k for run in result["runs"].values() for k in run["erased_model"]})
+    found = {k for run in result["runs"].values() for k in run["erased_model"]}
+    keys = [k for k in COLUMN_ORDER if k in found] + sorted(found - set(COLUMN_ORDER))
     lines += ["| run | erased | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
     for name, run in result["runs"].items():
         erased = ", ".join(f"{a}={v}" for a, v in run["erased"].items())

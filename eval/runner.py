@@ -109,7 +109,9 @@ def evaluate(config: EvalConfig) -> Evaluation:
     }
 
     judge_name = config.judge if config.judge != "auto" else ("digit-style" if _is_default(base) else "open-clip")
-    judge = build_judge(judge_name, labels, clip_model=config.clip_model, clip_weights=config.clip_weights)
+    judge = build_judge(
+        judge_name, labels, classifier=config.classifier, clip_model=config.clip_model, clip_weights=config.clip_weights
+    )
     clip = None
     if config.clip_weights:
         from eval.clip_encoder import load_clip_encoder

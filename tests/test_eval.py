@@ -204,3 +204,40 @@ def test_eval_bad_input_is_one_line_and_exit_2(tiny_run, labelled_prompts, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_imagenet_classifier(tmp_path_factory):
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    names = ["church, church building", "golf ball", "tench, Tinca tinca", "parachute, chute"]
+    config = ResNetConfig(
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )
+    folder = tmp_path_factory.mktemp("resnet")
+    torch.manual_seed(0)
+    ResNetForImageClassification(config).save_pretrained(folder)
+    ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(folder)
+    return folder
+
+
+def test_transformers_judge_maps_model_synonyms_onto_the_lists_classes(tiny_imagenet_classifier):
+    from eval.judges import build_judge
+
+    judge = build_judge(
+        "transformers", {"class": ["church", "golf ball", "church"]}, classifier=str(tiny_imagenet_classifier)
+    )
+    assert judge.columns == {"church": [0], "golf ball": [1]}
+    images = torch.rand(5, 3, 40, 40, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    logits = judge.model(**judge.processor(images=list((images + 1) / 2), return_tensors="pt", do_rescale=False)).logits
+    expected = ["church" if a > b else "golf ball" for a, b in logits[:, :2].tolist()]
+    assert judge.predict(images) == {"class": expected}
+    with pytest.raises(InputError, match="has no label named 'castle'"):
+        build_judge("transformers", {"class": ["castle"]}, classifier=str(tiny_imagenet_classifier))
+    with pytest.raises(InputError, match="cannot load image classifier"):
+        build_judge("transformers", {"class": ["church"]}, classifier="/nonexistent/folder")
