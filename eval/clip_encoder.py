@@ -8,6 +8,7 @@ read with ``weights_only=True``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -58,7 +59,11 @@ def load_clip_encoder(architecture: str, weights: str | None, allow_pickle: bool
         raise InputError(f"unknown open_clip architecture {architecture!r}; see open_clip.list_models()")
     if path.suffix in PICKLE_SUFFIXES and not allow_pickle:
         raise InputError(f"{path} is a pickle ({path.suffix}); convert it to .safetensors or pass --allow-pickle")
-    model = open_clip.create_model(architecture, pretrained=None)
+    logging.disable(logging.WARNING)  # open_clip warns "initialized randomly"; our weights follow
+    try:
+        model = open_clip.create_model(architecture, pretrained=None)
+    finally:
+        logging.disable(logging.NOTSET)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

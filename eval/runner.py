@@ -21,6 +21,7 @@ from eval.judges import build_judge
 from eval.metrics import METRICS, EvalContext, ModelImages
 from pipelines.generate import GenerateConfig, generate, read_manifest
 from pipelines.loading import DEFAULT_MODEL_DIR
+from pipelines.processes import process_state
 from prompts import InputError, load_prompts
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -142,6 +143,13 @@ def evaluate(config: EvalConfig) -> Evaluation:
         )
         generated, seconds = generated + result.generated, seconds + result.seconds
         models.append(ModelImages(name, folder, list(read_manifest(folder).values()), is_base=is_base))
+
+    # Under several processes the images were shared out; judging and the report are the main
+    # process's job.
+    state = process_state()
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return Evaluation({}, output, None)
 
     # 2. The judge's labels.
     for model in tqdm(models, desc="judge", disable=not config.progress):

@@ -5,6 +5,10 @@ same record and seed give the same image whatever the batch it lands in, the dev
 stream, or how often the run was interrupted. Each image is written to a temporary name and
 renamed; the manifest is rewritten atomically after every batch, so a killed run leaves only
 complete images and a manifest without holes or duplicates. Rerunning skips finished images.
+
+Under ``accelerate launch`` / ``torchrun`` with several processes (one per GPU), each round of
+``batch_size × processes`` images is split between the processes; the main process gathers the
+finished file names and alone writes the manifest.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from pipelines.files import atomic_path, write_json_atomic, write_text_atomic
 from pipelines.loading import load_pipeline
+from pipelines.processes import process_state
 from prompts import InputError, PromptRecord, load_prompts
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -94,6 +100,7 @@ class GenerationResult:
     generated: int
     skipped: int
     seconds: float
+    processes: int = 1
 
     @property
     def images_per_second(self) -> float:
@@ -174,35 +181,45 @@ def generate(config: GenerateConfig, pipe=None) -> GenerationResult:
         and existing.get(job.file, {}).get("seed") == job.seed
     }
     todo = [job for job in jobs if job.file not in done]
+    state = process_state()
+    world, rank, main = state.num_processes, state.process_index, state.is_main_process
     if todo and pipe is None:  # load before writing anything, so a bad model leaves no folder behind
+        device = str(state.device) if world > 1 and config.device == "auto" else config.device
         pipe = load_pipeline(
             config.model,
             dtype=config.dtype,
-            device=config.device,
+            device=device,
             config=config.model_config,
             allow_pickle=config.allow_pickle,
         )
     output.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output / SETTINGS_NAME, settings)
+    if main:
+        write_json_atomic(output / SETTINGS_NAME, settings)
     if not todo:
-        _write_manifest(output, jobs, done)
-        return GenerationResult(output, len(jobs), 0, len(jobs), 0.0)
+        if main:
+            _write_manifest(output, jobs, done)
+        return GenerationResult(output, len(jobs), 0, len(jobs), 0.0, world)
 
-    # 3. Generate in batches, writing each image and the manifest as we go.
+    # 3. Generate in rounds (one batch per process), writing each image and the manifest as we go.
     start = time.perf_counter()
-    bar = tqdm(total=len(todo), desc="generate", unit="img", disable=not config.progress)
-    for first in range(0, len(todo), config.batch_size):
-        batch = todo[first : first + config.batch_size]
-        images = generate_batch(pipe, batch, config)
-        for job, image in zip(batch, images, strict=True):
+    bar = tqdm(total=len(todo), desc="generate", unit="img", disable=not (config.progress and main))
+    per_round = config.batch_size * world
+    for first in range(0, len(todo), per_round):
+        chunk = todo[first : first + per_round]
+        mine = chunk[rank::world]
+        images = generate_batch(pipe, mine, config) if mine else []
+        for job, image in zip(mine, images, strict=True):
             with atomic_path(output / job.file) as tmp:
                 image.save(tmp, format="PNG")
-            done.add(job.file)
-        _write_manifest(output, jobs, done)
-        bar.update(len(batch))
+        finished = [job.file for job in mine]
+        done.update(gather_object(finished) if world > 1 else finished)
+        if main:
+            _write_manifest(output, jobs, done)
+        bar.update(len(chunk))
     bar.close()
+    state.wait_for_everyone()
     seconds = time.perf_counter() - start
-    return GenerationResult(output, len(jobs), len(todo), len(jobs) - len(todo), seconds)
+    return GenerationResult(output, len(jobs), len(todo), len(jobs) - len(todo), seconds, world)
 
 
 @torch.no_grad()

@@ -4,6 +4,9 @@ inference, the report's sections on a tiny end-to-end run, and clear errors for 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -241,3 +244,69 @@ def test_transformers_judge_maps_model_synonyms_onto_the_lists_classes(tiny_imag
         build_judge("transformers", {"class": ["castle"]}, classifier=str(tiny_imagenet_classifier))
     with pytest.raises(InputError, match="cannot load image classifier"):
         build_judge("transformers", {"class": ["church"]}, classifier="/nonexistent/folder")
+
+
+def test_eval_under_two_processes_shares_generation_and_reports_once(tiny_run, labelled_prompts, tmp_path):
+    """torchrun with two CPU processes: images are split between them, the main process alone
+    judges and scores (torchmetrics must not wait for the other one), and the report is whole."""
+    out = tmp_path / "report"
+    env = os.environ | {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "erase"]
+    command += ["eval", str(tiny_run), "--output", str(out), "--prompts", str(labelled_prompts)]
+    command += ["--judge", "digit-style", "--images-per-prompt", "2", "--steps", "2", "--no-progress"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("report →") == 1
+    metrics = json.loads((out / "metrics.json").read_text())["runs"]["run"]["erased_model"]
+    assert metrics["FID_vs_base"]["value"] is not None and metrics["UA"]["n"] == 4
+    for model in ("base", "run"):
+        lines = (out / "images" / model / "manifest.jsonl").read_text().splitlines()
+        assert len(lines) == len({json.loads(x)["file"] for x in lines}) == 10
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A tiny open_clip architecture registered from a config, with random weights saved as
+    safetensors: the real loading, tokenising and encoding path, offline."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("clip")
+    config = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+    (folder / "tiny-clip-test.json").write_text(json.dumps(config))
+    open_clip.add_model_config(str(folder / "tiny-clip-test.json"))
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-clip-test", pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "weights.safetensors"))
+    other = open_clip.create_model("tiny-clip-test", pretrained=None, force_image_size=64)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(folder / "wrong.safetensors"))
+    return folder
+
+
+def test_open_clip_encoder_and_zero_shot_judge_load_local_weights(tiny_clip):
+    from eval.clip_encoder import load_clip_encoder
+    from eval.judges import build_judge
+
+    encoder = load_clip_encoder("tiny-clip-test", str(tiny_clip / "weights.safetensors"))
+    images = torch.rand(3, 3, 20, 20, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    feats = encoder.encode_image(images)
+    assert feats.shape == (3, 16) and torch.allclose(feats.norm(dim=-1), torch.ones(3))
+    scores = clip_score(encoder, images, ["a cat", "a dog", "a church"])
+    assert ((0 <= scores) & (scores <= 100)).all()
+    labels = {"class": ["church", "golf ball"], "style": ["Monet"]}
+    judge = build_judge(
+        "open-clip", labels, clip_model="tiny-clip-test", clip_weights=str(tiny_clip / "weights.safetensors")
+    )
+    text = encoder.encode_text(["a photo of a church", "a photo of a golf ball"])
+    expected = [["church", "golf ball"][i] for i in (feats @ text.T).argmax(1).tolist()]
+    assert judge.predict(images) == {"class": expected, "style": ["Monet"] * 3}
+    with pytest.raises(InputError, match="does not fit open_clip tiny-clip-test"):
+        load_clip_encoder("tiny-clip-test", str(tiny_clip / "wrong.safetensors"))
+    pickle = tiny_clip / "weights.bin"
+    pickle.write_bytes(b"not read")
+    with pytest.raises(InputError, match="is a pickle"):
+        load_clip_encoder("tiny-clip-test", str(pickle))

@@ -251,6 +251,7 @@ def test_two_process_data_parallel_run_keeps_processes_in_step(tiny_pipeline_dir
     command += ["--bank-size", "1", "--bank-steps", "1", "--mask-micro-batches", "2", "--no-progress", *flags]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("erased model →") == 1  # only the main process reports
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 3]
     assert StableDiffusionPipeline.from_pretrained(out).unet is not None

@@ -28,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = dataclass_from_args(EvalConfig, args, runs=args.runs)
     result = evaluate(config)
+    if not result.metrics:  # a helper process under accelerate launch; the main one reports
+        return 0
     for name, run_scores in result.metrics["runs"].items():
         scores = run_scores["erased_model"]
         shown = ", ".join(

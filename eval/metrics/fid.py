@@ -31,7 +31,10 @@ class _JudgeFeatures(nn.Module):
 def frechet_distance(judge, a: torch.Tensor, b: torch.Tensor) -> float:
     """FID between two image batches in [-1, 1] in the judge's feature space."""
     num_features = judge.features(a[:1]).shape[-1]
-    metric = FrechetInceptionDistance(feature=_JudgeFeatures(judge, num_features), normalize=True)
+    # Only the main process scores, so torchmetrics must not wait for the others to sync.
+    metric = FrechetInceptionDistance(
+        feature=_JudgeFeatures(judge, num_features), normalize=True, sync_on_compute=False
+    )
     metric.update(a, real=True)
     metric.update(b, real=False)
     return float(metric.compute())
