@@ -38,6 +38,13 @@ class EvalConfig:
     clip_weights: str | None = field(
         default=None, metadata={"help": "local open_clip weights (.safetensors); enables CLIP score"}
     )
+    fid_features: Literal["judge", "inception"] = field(
+        default="judge",
+        metadata={"help": "FID feature space: the judge's features, or Inception-v3 (needs --fid-weights)"},
+    )
+    fid_weights: str | None = field(
+        default=None, metadata={"help": "Inception-v3 weights as .safetensors, for --fid-features inception"}
+    )
     real_images: str | None = field(default=None, metadata={"help": "folder of real images: adds FID vs real"})
     images_per_prompt: int = field(default=10, metadata={"help": "images per prompt and model"})
     steps: int = field(default=20, metadata={"help": "sampler steps"})

@@ -119,6 +119,12 @@ def evaluate(config: EvalConfig) -> Evaluation:
 
         clip = load_clip_encoder(config.clip_model, config.clip_weights, config.allow_pickle)
     real = _real_images(config.real_images)
+    if config.fid_features == "inception":
+        from eval.inception import load_inception
+
+        features = load_inception(config.fid_weights)
+    else:
+        features = judge if judge.feature_name else None
 
     # 1. Images, the same seeds for every model.
     models, generated, seconds = [], 0, 0.0
@@ -157,13 +163,15 @@ def evaluate(config: EvalConfig) -> Evaluation:
 
     # 3. Metrics per run (the base model is scored against each run's erased concept too).
     start = time.perf_counter()
-    result = {"settings": _settings(config, base, prompts, judge_name, judge), "runs": {}}
+    result = {"settings": _settings(config, base, prompts, judge_name, features), "runs": {}}
     base_images = models[0]
     for run, model in zip(runs, models[1:], strict=True):
         forget_rows = [
             i for i, e in enumerate(model.entries) if all(e.get(a) == v for a, v in erased[run.name].items())
         ]
-        ctx = EvalContext([base_images, model], erased[run.name], forget_rows, judge, clip, real)
+        ctx = EvalContext(
+            [base_images, model], erased[run.name], forget_rows, judge, clip, features=features, real_images=real
+        )
         scores = {m.name: {} for m in ctx.models}
         for metric in METRICS.values():
             for m in ctx.models:
@@ -210,12 +218,12 @@ def _real_images(folder: str | None) -> list[Path] | None:
     return files
 
 
-def _settings(config: EvalConfig, base: str, prompts: str, judge_name: str, judge) -> dict:
+def _settings(config: EvalConfig, base: str, prompts: str, judge_name: str, features) -> dict:
     return {
         "base": base,
         "prompts": prompts,
         "judge": judge_name,
-        "fid_features": judge.feature_name,
+        "fid_features": features.feature_name if features else None,
         "clip_model": config.clip_model if config.clip_weights else None,
         "images_per_prompt": config.images_per_prompt,
         "steps": config.steps,

@@ -310,3 +310,51 @@ def test_open_clip_encoder_and_zero_shot_judge_load_local_weights(tiny_clip):
     pickle.write_bytes(b"not read")
     with pytest.raises(InputError, match="is a pickle"):
         load_clip_encoder("tiny-clip-test", str(pickle))
+
+
+@pytest.fixture(scope="module")
+def random_inception_weights(tmp_path_factory):
+    """torch-fidelity's Inception-v3 with random weights, saved as safetensors (the real file is
+    a download we cannot make here). Building it needs a weights file, so its loading is stubbed."""
+    pytest.importorskip("torch_fidelity")
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
+    from safetensors.torch import save_file
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    torch.manual_seed(0)
+    with (
+        mock.patch.object(fidelity.torch, "load", lambda *a, **k: {}),
+        mock.patch.object(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None),
+    ):
+        network = NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path="x"
+        )
+    for module in network.modules():  # keep activations alive through 90 random layers
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    path = tmp_path_factory.mktemp("inception") / "inception.safetensors"
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(path))
+    return path
+
+
+def test_inception_fid_loads_safetensors_and_separates_shifted_sets(random_inception_weights, tmp_path):
+    from eval.inception import load_inception
+
+    extractor = load_inception(str(random_inception_weights))
+    images = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert extractor.features(images[:2]).shape == (2, 2048)
+    same = frechet_distance(extractor, images, images.clone())
+    shifted = frechet_distance(extractor, images, (images * 0.3 + 0.6).clamp(-1, 1))
+    assert abs(same) < 1e-2 < shifted
+    wrong = tmp_path / "wrong.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"conv.weight": torch.zeros(3, 3)}, str(wrong))
+    with pytest.raises(InputError, match="is not torch-fidelity's Inception-v3"):
+        load_inception(str(wrong))
+    with pytest.raises(InputError, match="needs --fid-weights FILE"):
+        load_inception(None)
+    with pytest.raises(InputError, match="must be an existing .safetensors file"):
+        load_inception(str(tmp_path / "weights.pth"))

@@ -40,6 +40,7 @@ class EvalContext:
     forget_rows: list[int]
     judge: object | None = None
     clip: object | None = None
+    features: object | None = None  # FID's feature space: ``features(images)``, ``feature_name``, ``image_size``
     real_images: list[Path] | None = None
     _cache: dict = field(default_factory=dict)
 

@@ -1,9 +1,9 @@
 """FID between a model's images and the base model's images on the retain prompts (and against
 a folder of real images when given), with torchmetrics' FrechetInceptionDistance.
 
-The feature space is the judge's: for the default model the shipped classifier's features (so
-the number is labelled with that space and is not comparable with Inception FID); for real
-models the open_clip image encoder. Inception features need torch-fidelity and its weights file.
+The feature space is labelled with every number: by default the judge's (for the default model
+the shipped classifier's features, not comparable with Inception FID; for real models the
+open_clip image encoder), or Inception-v3's 2048-d pool3 with ``--fid-features inception``.
 """
 
 from __future__ import annotations
@@ -16,25 +16,23 @@ from eval.images import load_images
 from eval.metrics.base import EvalContext, ModelImages, register_metric, value
 
 
-class _JudgeFeatures(nn.Module):
-    """torchmetrics hands us the images we gave it; we give it the judge's features."""
+class _Features(nn.Module):
+    """torchmetrics hands us the images we gave it; we give it the extractor's features."""
 
-    def __init__(self, judge, num_features: int):
+    def __init__(self, extractor, num_features: int):
         super().__init__()
-        self.judge = judge
+        self.extractor = extractor
         self.num_features = num_features
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.judge.features(images).double()
+        return self.extractor.features(images).double()
 
 
-def frechet_distance(judge, a: torch.Tensor, b: torch.Tensor) -> float:
-    """FID between two image batches in [-1, 1] in the judge's feature space."""
-    num_features = judge.features(a[:1]).shape[-1]
+def frechet_distance(extractor, a: torch.Tensor, b: torch.Tensor) -> float:
+    """FID between two image batches in [-1, 1] in ``extractor.features``' space."""
+    num_features = extractor.features(a[:1]).shape[-1]
     # Only the main process scores, so torchmetrics must not wait for the others to sync.
-    metric = FrechetInceptionDistance(
-        feature=_JudgeFeatures(judge, num_features), normalize=True, sync_on_compute=False
-    )
+    metric = FrechetInceptionDistance(feature=_Features(extractor, num_features), normalize=True, sync_on_compute=False)
     metric.update(a, real=True)
     metric.update(b, real=False)
     return float(metric.compute())
@@ -42,32 +40,32 @@ def frechet_distance(judge, a: torch.Tensor, b: torch.Tensor) -> float:
 
 @register_metric("fid")
 def fid_metrics(ctx: EvalContext, model: ModelImages) -> dict[str, dict]:
-    judge = ctx.judge
-    if judge is None or judge.feature_name is None:
+    extractor = ctx.features
+    if extractor is None or extractor.feature_name is None:
         return {}
     rows = ctx.retain_rows
     if len(rows) < 2:
         return {}
-    mine = ctx.images(model, rows, judge.image_size)
+    mine = ctx.images(model, rows, extractor.image_size)
     out = {}
     if ctx.base is not None and not model.is_base:
-        reference = ctx.images(ctx.base, rows, judge.image_size)
+        reference = ctx.images(ctx.base, rows, extractor.image_size)
         out["FID_vs_base"] = value(
-            frechet_distance(judge, reference, mine),
+            frechet_distance(extractor, reference, mine),
             len(rows),
             f"FID between this model's and the base model's images on the retain prompts, in "
-            f"{judge.feature_name} (same seeds; 0 = identical distributions)",
-            features=judge.feature_name,
+            f"{extractor.feature_name} (same seeds; 0 = identical distributions)",
+            features=extractor.feature_name,
         )
     if ctx.real_images:
-        key = ("real", judge.image_size)
+        key = ("real", extractor.image_size)
         if key not in ctx._cache:
-            ctx._cache[key] = load_images(ctx.real_images, size=judge.image_size)
+            ctx._cache[key] = load_images(ctx.real_images, size=extractor.image_size)
         out["FID_vs_real"] = value(
-            frechet_distance(judge, ctx._cache[key], mine),
+            frechet_distance(extractor, ctx._cache[key], mine),
             len(rows),
-            f"FID between this model's retain-prompt images and the real image folder, in {judge.feature_name}",
-            features=judge.feature_name,
+            f"FID between this model's retain-prompt images and the real image folder, in {extractor.feature_name}",
+            features=extractor.feature_name,
             real_images=len(ctx.real_images),
         )
     return out
