@@ -1,7 +1,7 @@
 """Inception-v3 features (2048-d pool3, the standard FID space) from a local safetensors file.
 
 torchmetrics builds this network through torch-fidelity, which downloads its weights when given
-no path and reads a given path with ``torch.load(weights_only=False)``, i.e. unpickles it. We
+no path and unpickles a given path without restriction (weights_only off). We
 read the user's ``.safetensors`` ourselves and hand torch-fidelity a temporary file we wrote
 from those tensors, so no pickle from outside is ever loaded. To make the safetensors file once:
 ``python scripts/convert_inception_weights.py pt_inception-2015-12-05-6726825d.pth``.

@@ -111,10 +111,13 @@ class ZeroShotJudge(Judge):
 
 
 @register_judge("open-clip")
-def _open_clip(labels: dict[str, list[str]], clip_model: str = "ViT-B-32", clip_weights: str | None = None, **_):
-    from eval.clip_encoder import load_clip_encoder
+def _open_clip(labels: dict[str, list[str]], clip=None, clip_model: str = "ViT-B-32", clip_weights=None, **_):
+    """``clip``: an already loaded encoder (the runner shares one); else load ``clip_weights``."""
+    if clip is None:
+        from eval.clip_encoder import load_clip_encoder
 
-    return ZeroShotJudge(load_clip_encoder(clip_model, clip_weights), labels)
+        clip = load_clip_encoder(clip_model, clip_weights)
+    return ZeroShotJudge(clip, labels)
 
 
 class TransformersJudge(Judge):

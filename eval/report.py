@@ -119,11 +119,10 @@ def _forget_rows(model, run) -> list[int]:
 
 
 def _retain_rows(model, run) -> list[int]:
-    forget = set(_forget_rows(model, run))
+    """Ten retain prompts spread over the list (one image each)."""
     rows = [i for i, e in enumerate(model.entries) if not all(e.get(a) == v for a, v in run["erased"].items())]
-    step = max(1, len({model.entries[i]["prompt"] for i in rows}) // 10)
-    picked = _first_image_rows(model, rows, limit=10_000)[::step]
-    return [i for i in picked if i not in forget][:10]
+    firsts = _first_image_rows(model, rows, limit=len(rows))
+    return firsts[:: max(1, len(firsts) // 10)][:10]
 
 
 def _save_figure(fig, target: Path) -> Path:

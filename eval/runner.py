@@ -109,15 +109,13 @@ def evaluate(config: EvalConfig) -> Evaluation:
         r.name: config.erased_labels() if config.erased else infer_erased(r.forget_prompts, records) for r in runs
     }
 
-    judge_name = config.judge if config.judge != "auto" else ("digit-style" if _is_default(base) else "open-clip")
-    judge = build_judge(
-        judge_name, labels, classifier=config.classifier, clip_model=config.clip_model, clip_weights=config.clip_weights
-    )
-    clip = None
+    clip = None  # one open_clip model serves both CLIP score and the open-clip judge
     if config.clip_weights:
         from eval.clip_encoder import load_clip_encoder
 
         clip = load_clip_encoder(config.clip_model, config.clip_weights, config.allow_pickle)
+    judge_name = config.judge if config.judge != "auto" else ("digit-style" if _is_default(base) else "open-clip")
+    judge = build_judge(judge_name, labels, classifier=config.classifier, clip=clip, clip_model=config.clip_model)
     real = _real_images(config.real_images)
     if config.fid_features == "inception":
         from eval.inception import load_inception

@@ -1,0 +1,172 @@
+"""The erasure/utility trade-off on the default model: erase a digit and a style with every
+method over a sweep of its knob, score each model with the shipped classifier, and plot UA
+against retained accuracy per method.
+
+    python scripts/bench_tradeoff.py                                  # both targets, seed 0
+    python scripts/bench_tradeoff.py --targets class:three --seeds 0 1 2 --only eupmu weighted
+
+Per run: UA (share of the erased concept's images not recognised as it), RA (class) or IRA
+(style), CRA under the erased style (style), FID against the base model's images on the retain
+prompts in the classifier's feature space, and wall time of training. 10 images per digit ×
+style prompt, the same seeds for every model. Runs are kept under <output>/runs, so a rerun
+only scores what is missing. Writes <output>/tradeoff.json, tradeoff.md and tradeoff-<target>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import measure_default_quality  # noqa: E402
+from measure_erasure import forget_list, summarise  # noqa: E402
+
+from erase.config import TrainConfig  # noqa: E402
+from erase.loop import train  # noqa: E402
+from eval.images import load_images  # noqa: E402
+from eval.judges import DigitStyleJudge  # noqa: E402
+from eval.metrics.fid import frechet_distance  # noqa: E402
+from pipelines.files import write_json_atomic, write_text_atomic  # noqa: E402
+from pipelines.generate import read_manifest  # noqa: E402
+
+# method → list of (label, TrainConfig overrides): each method's curve.
+SWEEPS = {
+    "none": [("none", {})],
+    "weighted": [(f"w={w:g}", {"retain_weight": w}) for w in (0.3, 1, 3, 10, 30)],
+    "eupmu": [(f"ε={e:g}", {"retain_budget": e}) for e in (0, 1e-6, 3e-6, 1e-5)],
+    "eupmu-fast": [("ε=0", {})],
+    "explicit": [("ε=0", {})],
+    "eupmu+mask": [("ε=0", {"mask": "feasible"})],
+}
+
+
+def score(model: str, images: Path, ipp: int) -> tuple[dict, list[dict]]:
+    with contextlib.redirect_stdout(io.StringIO()):
+        report = measure_default_quality.main(
+            ["--model", model, "--output", str(images), "--images-per-prompt", str(ipp)]
+        )
+    return report, list(read_manifest(images).values())
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--targets", nargs="+", default=["class:three", "style:red"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--only", nargs="+", choices=list(SWEEPS), default=list(SWEEPS))
+    p.add_argument("--images-per-prompt", type=int, default=10)
+    p.add_argument("--output", default=str(ROOT / ".cache" / "tradeoff"))
+    args = p.parse_args(argv)
+
+    out = Path(args.output)
+    judge = DigitStyleJudge()
+    _, base_entries = score("default", out / "images" / "base", args.images_per_prompt)
+    results_file = out / "tradeoff.json"
+    rows = json.loads(results_file.read_text()) if results_file.is_file() else []
+    done = {(r["target"], r["method"], r["setting"], r["seed"]) for r in rows}
+    for target in args.targets:
+        kind, forget = forget_list(target)
+        name = target.partition(":")[2]
+        axis = "class" if kind == "class" else "style"
+        retain = [i for i, e in enumerate(base_entries) if e.get(axis) != name]
+        base_images = load_images([out / "images" / "base" / base_entries[i]["file"] for i in retain], size=32)
+        for method in args.only:
+            for setting, overrides in SWEEPS[method]:
+                for seed in args.seeds:
+                    if (target, method, setting, seed) in done:
+                        continue
+                    tag = f"{kind}-{name}-{method}-{setting}-s{seed}".replace("=", "").replace("+", "-")
+                    run = out / "runs" / tag
+                    config = TrainConfig(
+                        output=str(run),
+                        forget=forget,
+                        method=method.replace("+mask", ""),
+                        seed=seed,
+                        overwrite=True,
+                        progress=False,
+                        **overrides,
+                    )
+                    start = time.perf_counter()
+                    train(config)
+                    seconds = time.perf_counter() - start
+                    report, entries = score(str(run), out / "images" / tag, args.images_per_prompt)
+                    mine = load_images([out / "images" / tag / entries[i]["file"] for i in retain], size=32)
+                    with torch.no_grad():
+                        fid = frechet_distance(judge, base_images, mine)
+                    row = {"target": target, "method": method, "setting": setting, "seed": seed}
+                    row |= {"train_seconds": round(seconds, 1), "fid_vs_base": round(fid, 2)}
+                    row |= summarise(kind, name, report)
+                    rows.append(row)
+                    write_json_atomic(results_file, rows)
+                    print(_line(row), flush=True)
+    _write_table_and_plots(rows, out)
+    return rows
+
+
+def _line(row: dict) -> str:
+    kept = row["others_mean"]
+    return (
+        f"{row['target']:12s} {row['method']:11s} {row['setting']:8s} s{row['seed']}  "
+        f"UA {1 - row['erased']:6.1%}  kept {kept:6.1%}  FID {row['fid_vs_base']:7.2f}  {row['train_seconds']:5.1f}s"
+    )
+
+
+def _write_table_and_plots(rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = [
+        "| target | method | setting | seeds | UA | RA / IRA (mean) | worst other | CRA under erased style | "
+        "FID vs base | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["target"], r["method"], r["setting"]), []).append(r)
+    for (target, method, setting), rs in groups.items():
+
+        def mean(key, rs=rs):
+            values = [r[key] for r in rs if key in r]
+            return sum(values) / len(values) if values else None
+
+        cra = mean("digit_under_erased_style")
+        lines.append(
+            f"| {target} | {method} | {setting} | {len(rs)} | {1 - mean('erased'):.1%} | {mean('others_mean'):.1%} | "
+            f"{mean('others_worst'):.1%} | {'–' if cra is None else f'{cra:.1%}'} | {mean('fid_vs_base'):.1f} | "
+            f"{mean('train_seconds'):.0f} |"
+        )
+    write_text_atomic(out / "tradeoff.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    for target in sorted({r["target"] for r in rows}):
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for method in SWEEPS:
+            points = [
+                (1 - sum(r["erased"] for r in rs) / len(rs), sum(r["others_mean"] for r in rs) / len(rs))
+                for (t, m, _), rs in groups.items()
+                if t == target and m == method
+            ]
+            if points:
+                points.sort()
+                ax.plot(*zip(*points, strict=True), marker="o", label=method)
+        ax.set_xlabel("UA (higher = better erased)")
+        ax.set_ylabel("RA / IRA (higher = more kept)")
+        ax.set_title(target)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.savefig(out / f"tradeoff-{target.replace(':', '-')}.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
