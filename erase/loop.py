@@ -90,14 +90,16 @@ class ErasureRun:
         pipe.set_progress_bar_config(disable=True)
         show = cfg.progress and self.accelerator.is_local_main_process
 
-        # Prompt embeddings, once: forget, each forget prompt's anchor ("" = unconditional), retain.
-        self.emb_forget = encode_prompts(pipe, self.forget_prompts)  # (F, 77, D)
-        self.emb_anchor = encode_prompts(pipe, self.anchor_prompts)  # (F, 77, D)
-        self.emb_retain = encode_prompts(pipe, self.retain_prompts) if self.retain_prompts else None
+        # Prompt embeddings, once: forget and retain (F or R, 77, D), and each forget prompt's
+        # anchor ("" = unconditional).
+        self.embeddings = {
+            "forget": encode_prompts(pipe, self.forget_prompts),
+            "retain": encode_prompts(pipe, self.retain_prompts) if self.retain_prompts else None,
+        }
+        self.emb_anchor = encode_prompts(pipe, self.anchor_prompts)
 
         # Where x_t comes from: the latent bank (x_0 from the frozen model, cached on disk), or
         # ESD's slow path, sampling with the model being trained down to t at every step.
-        self.embeddings = {"forget": self.emb_forget, "retain": self.emb_retain}
         self.banks = {}
         if cfg.x_source == "bank":
             bank = dict(
@@ -295,7 +297,7 @@ class ErasureRun:
     def train_step(self) -> dict:
         cfg = self.config
         batch = {"forget": self._draw("forget", cfg.batch_size)}
-        if self.emb_retain is not None:
+        if self.embeddings["retain"] is not None:
             batch["retain"] = self._draw("retain", cfg.batch_size)
             x_r, t_r, _, states_r, _ = batch["retain"]
             batch["retain_target"] = self._frozen_retain_target(x_r, t_r, states_r)

@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from eval.metrics.base import rows_showing  # noqa: E402
 from pipelines.files import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from pipelines.grid import save_grid  # noqa: E402
 
@@ -114,13 +115,13 @@ def _first_image_rows(model, rows: list[int], limit: int = 10) -> list[int]:
 
 
 def _forget_rows(model, run) -> list[int]:
-    rows = [i for i, e in enumerate(model.entries) if all(e.get(a) == v for a, v in run["erased"].items())]
-    return _first_image_rows(model, rows)
+    return _first_image_rows(model, rows_showing(model.entries, run["erased"]))
 
 
 def _retain_rows(model, run) -> list[int]:
     """Ten retain prompts spread over the list (one image each)."""
-    rows = [i for i, e in enumerate(model.entries) if not all(e.get(a) == v for a, v in run["erased"].items())]
+    forget = set(rows_showing(model.entries, run["erased"]))
+    rows = [i for i in range(len(model.entries)) if i not in forget]
     firsts = _first_image_rows(model, rows, limit=len(rows))
     return firsts[:: max(1, len(firsts) // 10)][:10]
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from eval.config import EvalConfig
 from eval.images import load_images
 from eval.judges import build_judge
-from eval.metrics import METRICS, EvalContext, ModelImages
+from eval.metrics import METRICS, EvalContext, ModelImages, rows_showing
 from pipelines.generate import GenerateConfig, generate, read_manifest
 from pipelines.loading import DEFAULT_MODEL_DIR
 from pipelines.processes import process_state
@@ -163,12 +163,17 @@ def evaluate(config: EvalConfig) -> Evaluation:
     start = time.perf_counter()
     result = {"settings": _settings(config, base, prompts, judge_name, features), "runs": {}}
     base_images = models[0]
+    images_cache: dict = {}  # shared by every run's context: the base model's images load once
     for run, model in zip(runs, models[1:], strict=True):
-        forget_rows = [
-            i for i, e in enumerate(model.entries) if all(e.get(a) == v for a, v in erased[run.name].items())
-        ]
         ctx = EvalContext(
-            [base_images, model], erased[run.name], forget_rows, judge, clip, features=features, real_images=real
+            [base_images, model],
+            erased[run.name],
+            rows_showing(model.entries, erased[run.name]),
+            judge,
+            clip,
+            features=features,
+            real_images=real,
+            image_cache=images_cache,
         )
         scores = {m.name: {} for m in ctx.models}
         for metric in METRICS.values():
@@ -177,7 +182,7 @@ def evaluate(config: EvalConfig) -> Evaluation:
         result["runs"][run.name] = {
             "model": run.model,
             "erased": erased[run.name],
-            "forget_images": len(forget_rows),
+            "forget_images": len(ctx.forget_rows),
             "retain_images": len(ctx.retain_rows),
             "base": scores["base"],
             "erased_model": scores[model.name],

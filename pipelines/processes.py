@@ -13,3 +13,8 @@ from accelerate.utils import parse_flag_from_env
 
 def process_state() -> PartialState:
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def is_main_process() -> bool:
+    """True alone, or for the one process that prints and writes shared files."""
+    return process_state().is_main_process

@@ -34,7 +34,7 @@ from pipelines.files import write_json_atomic, write_text_atomic  # noqa: E402
 METHODS = ["none", "weighted", "eupmu", "eupmu-fast", "explicit"]
 
 
-def variants(args) -> dict[str, dict]:
+def variants() -> dict[str, dict]:
     out = {m: {"method": m} for m in METHODS}
     out |= {f"{m} + mask": {"method": m, "mask": "feasible"} for m in METHODS}
     out["weighted, x_t by sampling"] = {"method": "weighted", "x_source": "sample"}
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(args.output)
     runs: dict[str, ErasureRun] = {}
-    for name, overrides in variants(args).items():
+    for name, overrides in variants().items():
         config = TrainConfig(
             output=str(out / "runs" / name.replace(" ", "").replace(",", "-")),
             model=args.model,

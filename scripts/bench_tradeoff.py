@@ -15,8 +15,6 @@ only scores what is missing. Writes <output>/tradeoff.json, tradeoff.md and trad
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import sys
 import time
@@ -28,8 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import measure_default_quality  # noqa: E402
-from measure_erasure import forget_list, summarise  # noqa: E402
+from measure_erasure import forget_list, score, summarise  # noqa: E402
 
 from erase.config import TrainConfig  # noqa: E402
 from erase.loop import train  # noqa: E402
@@ -37,7 +34,6 @@ from eval.images import load_images  # noqa: E402
 from eval.judges import DigitStyleJudge  # noqa: E402
 from eval.metrics.fid import frechet_distance  # noqa: E402
 from pipelines.files import write_json_atomic, write_text_atomic  # noqa: E402
-from pipelines.generate import read_manifest  # noqa: E402
 
 # method → list of (label, TrainConfig overrides): each method's curve.
 SWEEPS = {
@@ -48,14 +44,6 @@ SWEEPS = {
     "explicit": [("ε=0", {})],
     "eupmu+mask": [("ε=0", {"mask": "feasible"})],
 }
-
-
-def score(model: str, images: Path, ipp: int) -> tuple[dict, list[dict]]:
-    with contextlib.redirect_stdout(io.StringIO()):
-        report = measure_default_quality.main(
-            ["--model", model, "--output", str(images), "--images-per-prompt", str(ipp)]
-        )
-    return report, list(read_manifest(images).values())
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -17,8 +17,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eval.classifiers.digit_style import load_digit_style_classifier  # noqa: E402
 from eval.images import load_images  # noqa: E402
+from eval.judges import DigitStyleJudge  # noqa: E402
 from pipelines.default.render import DIGIT_WORDS  # noqa: E402
 from pipelines.files import write_json_atomic  # noqa: E402
 from pipelines.generate import GenerateConfig, generate, read_manifest  # noqa: E402
@@ -51,12 +51,10 @@ def main(argv: list[str] | None = None) -> dict:
     )
     result = generate(config)
     entries = list(read_manifest(Path(args.output)).values())
-    classifier = load_digit_style_classifier(*([args.classifier] if args.classifier else []))
-    images = load_images([Path(args.output) / e["file"] for e in entries], size=32)
-    with torch.no_grad():
-        digit_logits, style_logits = classifier(images)
-    digit_ok = digit_logits.argmax(1) == torch.tensor([DIGIT_WORDS.index(e["class"]) for e in entries])
-    style_ok = style_logits.argmax(1) == torch.tensor([classifier.styles.index(e["style"]) for e in entries])
+    judge = DigitStyleJudge(args.classifier)
+    seen = judge.predict(load_images([Path(args.output) / e["file"] for e in entries], size=judge.image_size))
+    digit_ok = torch.tensor([guess == e["class"] for guess, e in zip(seen["class"], entries, strict=True)])
+    style_ok = torch.tensor([guess == e["style"] for guess, e in zip(seen["style"], entries, strict=True)])
 
     def share(mask: torch.Tensor, key: str, value: str) -> float:
         chosen = torch.tensor([e[key] == value for e in entries])
@@ -67,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
         "digit_accuracy": round(digit_ok.float().mean().item(), 4),
         "style_accuracy": round(style_ok.float().mean().item(), 4),
         "by_style": {
-            s: {"digit": share(digit_ok, "style", s), "style": share(style_ok, "style", s)} for s in classifier.styles
+            s: {"digit": share(digit_ok, "style", s), "style": share(style_ok, "style", s)} for s in judge.model.styles
         },
         "by_digit": {
             w: {"digit": share(digit_ok, "class", w), "style": share(style_ok, "class", w)} for w in DIGIT_WORDS

@@ -32,6 +32,7 @@ import measure_default_quality  # noqa: E402
 from erase.config import TrainConfig  # noqa: E402
 from erase.loop import train  # noqa: E402
 from pipelines.files import write_json_atomic  # noqa: E402
+from pipelines.generate import read_manifest  # noqa: E402
 
 
 def forget_list(target: str) -> tuple[str, str]:
@@ -39,6 +40,16 @@ def forget_list(target: str) -> tuple[str, str]:
     if kind not in ("class", "style") or not name:
         raise SystemExit(f"--targets entries look like class:three or style:red, got {target!r}")
     return kind, f"default/{'classes' if kind == 'class' else 'styles'}/{name}-forget"
+
+
+def score(model: str, images: Path, images_per_prompt: int) -> tuple[dict, list[dict]]:
+    """Draw the 40 digit prompts with ``model`` into ``images`` (resumable) and classify them:
+    (measure_default_quality's report, the manifest entries)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        report = measure_default_quality.main(
+            ["--model", model, "--output", str(images), "--images-per-prompt", str(images_per_prompt)]
+        )
+    return report, list(read_manifest(images).values())
 
 
 def summarise(kind: str, name: str, report: dict) -> dict:
@@ -79,11 +90,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             start = time.perf_counter()
             train(config)
             seconds = time.perf_counter() - start
-            with contextlib.redirect_stdout(io.StringIO()):
-                report = measure_default_quality.main(
-                    ["--model", str(run), "--output", str(out / "images" / run.name),
-                     "--images-per-prompt", str(args.images_per_prompt)]
-                )  # fmt: skip
+            report, _ = score(str(run), out / "images" / run.name, args.images_per_prompt)
             row = {"target": target, "method": method, "seed": args.seed, "train_seconds": round(seconds, 1)}
             rows.append(row | summarise(kind, name, report))
             print(_format(rows[-1]), flush=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from erase.config_args import add_dataclass_arguments, dataclass_from_args
 from pipelines.generate import MANIFEST_NAME, GenerateConfig, generate, read_manifest
 from pipelines.grid import save_grid
-from pipelines.processes import process_state
+from pipelines.processes import is_main_process
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = dataclass_from_args(GenerateConfig, args)
     result = generate(config)
-    if not process_state().is_main_process:
+    if not is_main_process():
         return 0
     rate = f", {result.images_per_second:.2f} images/s" if result.generated else ""
     rate += f", {result.processes} processes" if result.processes > 1 else ""

@@ -31,9 +31,9 @@ def run(args: argparse.Namespace) -> int:
     file_values = read_config_file(args.config, TrainConfig) if args.config else {}
     config = dataclass_from_layers(TrainConfig, args, file_values)
     output = train(config)
-    from pipelines.processes import process_state
+    from pipelines.processes import is_main_process
 
-    if not process_state().is_main_process:
+    if not is_main_process():
         return 0
     print(f"erased model → {output} (log: {output / 'train_log.jsonl'})")
     return 0

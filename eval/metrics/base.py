@@ -42,7 +42,7 @@ class EvalContext:
     clip: object | None = None
     features: object | None = None  # FID's feature space: ``features(images)``, ``feature_name``, ``image_size``
     real_images: list[Path] | None = None
-    _cache: dict = field(default_factory=dict)
+    image_cache: dict = field(default_factory=dict)
 
     @property
     def base(self) -> ModelImages | None:
@@ -55,9 +55,14 @@ class EvalContext:
 
     def images(self, model: ModelImages, rows: list[int], size: int | None) -> torch.Tensor:
         key = (model.name, tuple(rows), size)
-        if key not in self._cache:
-            self._cache[key] = load_images(model.paths(rows), size=size)
-        return self._cache[key]
+        if key not in self.image_cache:
+            self.image_cache[key] = load_images(model.paths(rows), size=size)
+        return self.image_cache[key]
+
+
+def rows_showing(entries: list[dict], erased: dict[str, str]) -> list[int]:
+    """Rows whose prompt shows the erased concept (every erased label matches)."""
+    return [i for i, e in enumerate(entries) if all(e.get(axis) == label for axis, label in erased.items())]
 
 
 def value(number: float | None, n: int, definition: str, **extra) -> dict:

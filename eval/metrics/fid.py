@@ -59,10 +59,10 @@ def fid_metrics(ctx: EvalContext, model: ModelImages) -> dict[str, dict]:
         )
     if ctx.real_images:
         key = ("real", extractor.image_size)
-        if key not in ctx._cache:
-            ctx._cache[key] = load_images(ctx.real_images, size=extractor.image_size)
+        if key not in ctx.image_cache:
+            ctx.image_cache[key] = load_images(ctx.real_images, size=extractor.image_size)
         out["FID_vs_real"] = value(
-            frechet_distance(extractor, ctx._cache[key], mine),
+            frechet_distance(extractor, ctx.image_cache[key], mine),
             len(rows),
             f"FID between this model's retain-prompt images and the real image folder, in {extractor.feature_name}",
             features=extractor.feature_name,
