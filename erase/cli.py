@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from erase import __version__
+from pipelines.files import DISK_FULL, as_os_error, describe_os_error
 from prompts.errors import InputError
 
 # name -> module path; add a subcommand by writing its module and one line here.
@@ -33,8 +34,15 @@ HELP = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints the whole usage before an error; we print one line and where to look."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="erase",
         description="Erase concepts from Stable Diffusion models, offline. Run `erase COMMAND --help` for details.",
     )
@@ -80,6 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # e.g. `erase prompts | head`
         return 0
+    except OSError as err:  # the disk, not the input: full, read-only, not permitted
+        print(f"erase {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
+        return 1 if err.errno in DISK_FULL else 2
+    except Exception as err:
+        os_error = as_os_error(err)  # safetensors reports I/O failures as its own error type
+        if os_error is None:
+            raise
+        print(f"erase {args.command}: error: {describe_os_error(os_error)}", file=sys.stderr)
+        return 1 if os_error.errno in DISK_FULL else 2
     except KeyboardInterrupt:
         print(f"erase {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

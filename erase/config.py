@@ -26,6 +26,13 @@ class TrainConfig:
         metadata={"help": "prompt list to preserve (default model: the digit prompts not being erased)"},
     )
     model: str = field(default="default", metadata={"help": "base model: `default`, a folder, a file, a cached id"})
+    model_config: str | None = field(
+        default=None,
+        metadata={"help": "diffusers folder (or `default`) giving a single-file checkpoint's architecture"},
+    )
+    allow_pickle: bool = field(
+        default=False, metadata={"help": "allow a .ckpt/.pt/.bin base model (read with weights_only=True)"}
+    )
     method: Method = field(default="eupmu", metadata={"help": "how ℓ_u and ℓ_r are balanced"})
     parameters: ParameterSet = field(default="xattn", metadata={"help": "which UNet parameters are trained"})
     loss: UnlearnLoss = field(default="negative-guidance", metadata={"help": "the unlearning loss ℓ_u"})

@@ -22,6 +22,7 @@ from pipelines.single_file import save_single_file
 from prompts import InputError
 
 DELTA_FORMAT = "concept-erase-delta/1"
+SINGLE_FILE_FORMAT = "concept-erase-single-file/1"  # a whole model: not to be applied as a delta
 ExportFormat = Literal["diffusers", "single-file", "delta"]
 
 
@@ -30,13 +31,16 @@ def read_run(run: str | Path) -> tuple[Path, dict]:
     config_path = run / "train_config.json"
     if not (run / "model_index.json").is_file() or not config_path.is_file():
         raise InputError(f"{run} is not a finished `erase train` run folder (no model_index.json or train_config.json)")
-    return run, json.loads(config_path.read_text(encoding="utf-8"))
+    try:
+        return run, json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(f"{config_path} is not valid JSON; was the run folder changed by hand?") from None
 
 
-def _metadata(config: dict) -> dict[str, str]:
+def _metadata(config: dict, fmt: str = DELTA_FORMAT) -> dict[str, str]:
     concept = config.get("concept") or config.get("forget") or ""
     return {
-        "format": DELTA_FORMAT,
+        "format": fmt,
         "base_model": str(config.get("base_model", "")),
         "method": config["method"],
         "parameters": config["parameters"],
@@ -59,7 +63,7 @@ def export_run(run: str | Path, fmt: ExportFormat, output: str | Path, overwrite
         return output
     pipe = load_pipeline(run, device="cpu")
     if fmt == "single-file":
-        return save_single_file(pipe, output, metadata=_metadata(config))
+        return save_single_file(pipe, output, metadata=_metadata(config, SINGLE_FILE_FORMAT))
     chosen = PARAMETER_SETS[config["parameters"]]
     tensors = {k: v.contiguous() for k, v in pipe.unet.state_dict().items() if chosen(k)}
     with atomic_path(output) as tmp:
@@ -86,7 +90,8 @@ def apply_delta(
     except Exception as err:  # safetensors raises its own error types for damaged files
         raise InputError(f"{delta} is not a readable safetensors file ({str(err).splitlines()[0]})") from None
     if metadata.get("format") != DELTA_FORMAT:
-        raise InputError(f"{delta} is not a concept-erase delta (metadata format {metadata.get('format')!r})")
+        hint = "; it is a whole model: load it with --model" if metadata.get("format") == SINGLE_FILE_FORMAT else ""
+        raise InputError(f"{delta} is not a concept-erase delta (metadata format {metadata.get('format')!r}){hint}")
     pipe = load_pipeline(base, device="cpu")
     state = pipe.unet.state_dict()
     unknown = sorted(set(tensors) - set(state))
@@ -103,7 +108,7 @@ def apply_delta(
             )
     pipe.unet.load_state_dict(tensors, strict=False)
     if fmt == "single-file":
-        return save_single_file(pipe, output, metadata=metadata)
+        return save_single_file(pipe, output, metadata=metadata | {"format": SINGLE_FILE_FORMAT})
     with atomic_folder(output, overwrite=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
     return output

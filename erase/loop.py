@@ -28,13 +28,18 @@ from erase.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from erase.config import TrainConfig
 from erase.mask import FeasibleMask
 from erase.params import select_parameters
-from pipelines.files import atomic_folder, write_json_atomic
+from pipelines.files import atomic_folder, remove_leftovers, write_json_atomic, write_text_atomic
 from pipelines.latents import encode_prompts, generate_latents
 from pipelines.loading import DEFAULT_MODEL_DIR, load_pipeline
+from pipelines.lock import clear_folder, holds_nothing, output_lock
+from pipelines.processes import is_main_process
+from pipelines.prompt_fit import require_whole
 from prompts import InputError, PromptRecord, load_prompts
 
 CONFIG_NAME = "train_config.json"
 LOG_NAME = "train_log.jsonl"
+# Fields that may differ between a run and its --resume: they do not change what is computed.
+_RESUME_MAY_CHANGE = {"output", "resume", "overwrite", "progress", "checkpoint_every"}
 
 
 class NonFiniteLossError(InputError):
@@ -85,9 +90,13 @@ class ErasureRun:
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
         device = self.accelerator.device
         if self.pipe is None:
-            self.pipe = load_pipeline(cfg.model, device=str(device))
+            self.pipe = load_pipeline(
+                cfg.model, device=str(device), config=cfg.model_config, allow_pickle=cfg.allow_pickle
+            )
         pipe = self.pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
+        require_whole(pipe.tokenizer, self.forget_prompts, "forget prompt")
+        require_whole(pipe.tokenizer, [a for a in self.anchor_prompts if a], "anchor prompt")
         show = cfg.progress and self.accelerator.is_local_main_process
 
         # Prompt embeddings, once: forget and retain (F or R, 77, D), and each forget prompt's
@@ -162,17 +171,46 @@ class ErasureRun:
         cfg = self.config
         if self.output.exists() and not self.output.is_dir():
             raise InputError(f"--output {self.output} is a file; give a folder")
-        if self.output.exists() and any(self.output.iterdir()):
+        if not holds_nothing(self.output):
             if cfg.resume:
+                self._check_same_run()
+                if is_main_process():
+                    remove_leftovers(self.output)
                 return
             if not cfg.overwrite:
                 raise InputError(
                     f"--output {self.output} already exists; use --resume to continue it, "
                     "--overwrite to replace it, or another folder"
                 )
-            shutil.rmtree(self.output)
+            if is_main_process():
+                clear_folder(self.output)
         elif cfg.resume:
-            raise InputError(f"--resume given but {self.output} holds no run to resume")
+            raise InputError(f"--resume given but {self.output} holds no run to resume; drop --resume to start one")
+
+    def _check_same_run(self) -> None:
+        """--resume with other settings would silently mix two runs; refuse, naming the field."""
+        saved_file = self.output / CONFIG_NAME
+        if not saved_file.is_file():
+            raise InputError(
+                f"--resume given but {self.output} has no {CONFIG_NAME}; it is not a run folder "
+                "(or was killed before its first step): use --overwrite to start afresh"
+            )
+        try:
+            saved = json.loads(saved_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise InputError(f"{saved_file} is damaged; use --overwrite to start the run afresh") from None
+        for name, value in asdict(self.config).items():
+            if name in _RESUME_MAY_CHANGE or name not in saved:
+                continue
+            if json.loads(json.dumps(value)) != saved[name]:
+                raise InputError(
+                    f"--resume: {self.output} was started with {name}={saved[name]!r}, not {value!r}; "
+                    "resume with the same settings, or use --overwrite to start afresh"
+                )
+
+    def is_complete(self) -> bool:
+        """A finished run: the pipeline is saved (model_index.json last) and no checkpoint is left."""
+        return (self.output / "model_index.json").is_file() and latest_checkpoint(self.output) is None
 
     def _restore(self, path: Path) -> None:
         step, trainable, opt_state, balancer_state, rng = load_checkpoint(path)
@@ -333,9 +371,8 @@ class ErasureRun:
         log_path = self.output / LOG_NAME
         if self.start_step == 0 and acc.is_main_process:
             log_path.unlink(missing_ok=True)
-        elif acc.is_main_process and log_path.exists():  # drop lines past the checkpoint we resumed from
-            kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= self.start_step]
-            log_path.write_text("".join(line + "\n" for line in kept))
+        elif acc.is_main_process and log_path.exists():
+            write_text_atomic(log_path, "".join(line + "\n" for line in _log_lines_upto(log_path, self.start_step)))
         bar = tqdm(
             total=cfg.steps,
             initial=self.start_step,
@@ -397,8 +434,27 @@ class ErasureRun:
         shutil.rmtree(self.output / "checkpoints", ignore_errors=True)
 
 
+def _log_lines_upto(path: Path, step: int) -> list[str]:
+    """The log's lines up to ``step`` (the checkpoint resumed from). A line cut short by a kill
+    mid-append is dropped: it lies past the checkpoint anyway."""
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("step", step + 1) <= step:
+            kept.append(line)
+    return kept
+
+
 def train(config: TrainConfig, pipe=None) -> Path:
-    """Run an erasure end to end; returns the run folder."""
-    run = ErasureRun(config, pipe)
-    run.setup()
-    return run.train()
+    """Run an erasure end to end; returns the run folder. The folder is locked while it runs;
+    --resume on a finished run returns at once."""
+    with output_lock(config.output, enabled=is_main_process()):
+        run = ErasureRun(config, pipe)
+        if config.resume and run.is_complete():
+            run._check_same_run()
+            return run.output
+        run.setup()
+        return run.train()

@@ -19,8 +19,9 @@ from eval.config import EvalConfig
 from eval.images import load_images
 from eval.judges import build_judge
 from eval.metrics import METRICS, EvalContext, ModelImages, rows_showing
-from pipelines.generate import GenerateConfig, generate, read_manifest
-from pipelines.loading import DEFAULT_MODEL_DIR
+from pipelines.generate import GenerateConfig, generate, read_manifest, safe_name
+from pipelines.loading import DEFAULT_MODEL_DIR, check_model_exists
+from pipelines.lock import output_lock
 from pipelines.processes import process_state
 from prompts import InputError, load_prompts
 
@@ -39,15 +40,24 @@ class RunInfo:
 
 
 def read_run(spec: str) -> RunInfo:
+    """A run folder's model, base and forget prompts; any other model spec stands alone. The
+    name (a folder under images/) is made file-safe: a spec like ``..`` cannot escape --output."""
     path = Path(spec)
+    name = safe_name(path.name or spec)
     config_file = path / "train_config.json"
     if config_file.is_file():
-        config = json.loads(config_file.read_text())
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise InputError(
+                f"{config_file} is not valid JSON; is {spec} a run folder written by `erase train`?"
+            ) from None
         log = path / "train_log.jsonl"
         return RunInfo(
-            path.name, spec, config.get("base_model"), config.get("forget_prompts", []), log if log.is_file() else None
+            name, spec, config.get("base_model"), config.get("forget_prompts", []), log if log.is_file() else None
         )
-    return RunInfo(path.name or spec, spec, None, [], None)
+    check_model_exists(spec)
+    return RunInfo(name, spec, None, [], None)
 
 
 def _is_default(model: str | None) -> bool:
@@ -85,6 +95,12 @@ class Evaluation:
 
 
 def evaluate(config: EvalConfig) -> Evaluation:
+    """Generate, judge, score and report; ``config.output`` is locked while it runs."""
+    with output_lock(config.output, enabled=process_state().is_main_process):
+        return _evaluate(config)
+
+
+def _evaluate(config: EvalConfig) -> Evaluation:
     output = Path(config.output)
     runs = [read_run(spec) for spec in config.runs]
     _unique_names(runs)
@@ -94,6 +110,7 @@ def evaluate(config: EvalConfig) -> Evaluation:
         raise InputError(
             "runs record different base models" if len(bases) > 1 else "no base model recorded; give --base MODEL"
         )
+    check_model_exists(base)
     prompts = config.prompts or ("default/digits" if _is_default(base) else None)
     if prompts is None:
         raise InputError("give --prompts: a CSV with class and/or style columns saying what each prompt shows")

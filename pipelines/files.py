@@ -7,13 +7,48 @@ one. Shared by everything that writes (images, manifests, checkpoints, reports).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for a failed read or write: what failed, and what the user can do."""
+    where = f"{err.filename}" if err.filename else "an output file"
+    reason = err.strerror or str(err)
+    if err.errno in DISK_FULL:
+        return (
+            f"no space left writing {where} ({reason}); free some space or choose another --output, then run "
+            "the same command again: finished files are kept and nothing half-written was left"
+        )
+    if err.errno in _NOT_WRITABLE:
+        return f"cannot write {where} ({reason}); choose a folder you can write to, or change its permissions"
+    if err.errno == errno.ENOTDIR:
+        return f"{where}: part of this path is a file, not a folder; choose another path"
+    if err.errno == errno.ENAMETOOLONG:
+        return f"{where}: the path is too long for the file system; choose a shorter one"
+    return f"{reason}: {where}"
+
+
+def as_os_error(err: BaseException) -> OSError | None:
+    """The OSError inside a library error that reports one only in its text (safetensors writes
+    ``I/O error: No space left on device (os error 28)``), or None if it is not an I/O failure."""
+    if isinstance(err, OSError):
+        return err
+    found = re.search(r"os error (\d+)|Os \{ code: (\d+)", str(err))
+    if found is None:
+        return None
+    code = int(found.group(1) or found.group(2))
+    return OSError(code, os.strerror(code))
 
 
 @contextlib.contextmanager
@@ -31,6 +66,18 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_leftovers(folder: str | Path) -> int:
+    """Delete the temporary files and folders (``.name.XXXX.tmp``, ``.name.old``) that a killed
+    writer leaves behind in ``folder`` and its subfolders; returns how many were removed. Call it
+    only while holding the folder's lock."""
+    removed = 0
+    for item in sorted(Path(folder).rglob(".*"), key=lambda p: len(p.parts), reverse=True):
+        if item.name.endswith((".tmp", ".old")) and item.exists():
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
+            removed += 1
+    return removed
 
 
 def write_text_atomic(target: str | Path, text: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,9 +25,11 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from pipelines.files import atomic_path, write_json_atomic, write_text_atomic
+from pipelines.files import atomic_path, remove_leftovers, write_json_atomic, write_text_atomic
 from pipelines.loading import load_pipeline
+from pipelines.lock import output_lock
 from pipelines.processes import process_state
+from pipelines.prompt_fit import truncation_warning
 from prompts import InputError, PromptRecord, load_prompts
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -130,10 +133,16 @@ def read_manifest(output: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     entries = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         if line.strip():
-            entry = json.loads(line)
-            entries[entry["file"]] = entry
+            try:
+                entry = json.loads(line)
+                entries[entry["file"]] = entry
+            except (ValueError, KeyError, TypeError):
+                raise InputError(
+                    f"{path} line {number} is damaged (it is always written whole, so something else changed "
+                    "it); delete the manifest to regenerate, or use --overwrite"
+                ) from None
     return entries
 
 
@@ -168,8 +177,15 @@ def generate(config: GenerateConfig, pipe=None) -> GenerationResult:
     output = Path(config.output)
     if output.exists() and not output.is_dir():
         raise InputError(f"--output {output} is a file; give a folder")
+    with output_lock(output, enabled=process_state().is_main_process):
+        return _generate_into(output, jobs, config, pipe)
+
+
+def _generate_into(output: Path, jobs: list[ImageJob], config: GenerateConfig, pipe) -> GenerationResult:
     settings = asdict(config)
     _check_settings(output, settings, config.overwrite)
+    if process_state().is_main_process:
+        remove_leftovers(output)  # temp files of a killed run
 
     # 2. Skip what is already there (same file, same prompt and seed in the manifest).
     existing = read_manifest(output)
@@ -192,6 +208,8 @@ def generate(config: GenerateConfig, pipe=None) -> GenerationResult:
             config=config.model_config,
             allow_pickle=config.allow_pickle,
         )
+    if pipe is not None and main and (warning := truncation_warning(pipe.tokenizer, [j.record.prompt for j in todo])):
+        print(warning, file=sys.stderr)
     output.mkdir(parents=True, exist_ok=True)
     if main:
         write_json_atomic(output / SETTINGS_NAME, settings)

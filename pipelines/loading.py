@@ -113,6 +113,18 @@ def _from_cache(model_id: str, dtype: torch.dtype) -> StableDiffusionPipeline | 
         return None
 
 
+def check_model_exists(model: str | Path) -> None:
+    """Refuse, before any work starts, a model spec that names nothing: not `default`, no such
+    file or folder, and not shaped like a hub id (whose cache is looked up when loading)."""
+    spec = str(model)
+    if spec == "default" or Path(spec).expanduser().exists() or _HUB_ID.match(spec):
+        return
+    raise ModelLoadError(
+        f"cannot load model {spec!r}: no file or folder of that name, and it is not a hub id (owner/name); "
+        "give `default`, a diffusers folder or a .safetensors file"
+    )
+
+
 def load_pipeline(
     model: str | Path = "default",
     *,

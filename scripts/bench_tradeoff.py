@@ -40,17 +40,29 @@ SWEEPS = {
     "none": [("none", {})],
     "weighted": [(f"w={w:g}", {"retain_weight": w}) for w in (0.3, 1, 3, 10, 30)],
     "eupmu": [(f"ε={e:g}", {"retain_budget": e}) for e in (0, 1e-6, 3e-6, 1e-5)],
-    "eupmu-fast": [("ε=0", {})],
-    "explicit": [("ε=0", {})],
-    "eupmu+mask": [("ε=0", {"mask": "feasible"})],
+    # eupmu-fast's Δℓ_r carries batch-to-batch noise (~1e-4 here, 100× the step-to-step change),
+    # so its natural knob is a smaller λ rate β.
+    "eupmu-fast": [(f"β={b}", {"lambda_lr": float(b)}) for b in ("3e4", "3e5", "3e6")],
+    # explicit's first-order guarantee holds for small steps: sweep Adam's learning rate.
+    "explicit": [(f"lr={lr}", {"learning_rate": float(lr)}) for lr in ("1e-4", "3e-4", "1e-3")],
+    # a larger δ keeps more coordinates (a weaker sign test).
+    "eupmu+mask": [(f"δ={d:g}", {"mask": "feasible", "mask_delta": d}) for d in (0.05, 0.2, 0.45)],
 }
+# Labels the first pass used for what are now sweep points (kept so old results still count).
+RENAMED = {("eupmu-fast", "ε=0"): "β=3e6", ("explicit", "ε=0"): "lr=1e-3", ("eupmu+mask", "ε=0"): "δ=0.05"}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", nargs="+", default=["class:three", "style:red"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--only", nargs="+", choices=list(SWEEPS), default=list(SWEEPS))
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=list(SWEEPS),
+        metavar="METHOD[:SETTING]",
+        help=f"methods ({', '.join(SWEEPS)}), or single points such as weighted:w=10",
+    )
     p.add_argument("--images-per-prompt", type=int, default=10)
     p.add_argument("--output", default=str(ROOT / ".cache" / "tradeoff"))
     args = p.parse_args(argv)
@@ -60,6 +72,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     _, base_entries = score("default", out / "images" / "base", args.images_per_prompt)
     results_file = out / "tradeoff.json"
     rows = json.loads(results_file.read_text()) if results_file.is_file() else []
+    for r in rows:
+        r["setting"] = RENAMED.get((r["method"], r["setting"]), r["setting"])
+    points = _points(args.only, p)
     done = {(r["target"], r["method"], r["setting"], r["seed"]) for r in rows}
     for target in args.targets:
         kind, forget = forget_list(target)
@@ -67,37 +82,63 @@ def main(argv: list[str] | None = None) -> list[dict]:
         axis = "class" if kind == "class" else "style"
         retain = [i for i, e in enumerate(base_entries) if e.get(axis) != name]
         base_images = load_images([out / "images" / "base" / base_entries[i]["file"] for i in retain], size=32)
-        for method in args.only:
-            for setting, overrides in SWEEPS[method]:
-                for seed in args.seeds:
-                    if (target, method, setting, seed) in done:
-                        continue
-                    tag = f"{kind}-{name}-{method}-{setting}-s{seed}".replace("=", "").replace("+", "-")
-                    run = out / "runs" / tag
-                    config = TrainConfig(
-                        output=str(run),
-                        forget=forget,
-                        method=method.replace("+mask", ""),
-                        seed=seed,
-                        overwrite=True,
-                        progress=False,
-                        **overrides,
-                    )
-                    start = time.perf_counter()
-                    train(config)
-                    seconds = time.perf_counter() - start
-                    report, entries = score(str(run), out / "images" / tag, args.images_per_prompt)
-                    mine = load_images([out / "images" / tag / entries[i]["file"] for i in retain], size=32)
-                    with torch.no_grad():
-                        fid = frechet_distance(judge, base_images, mine)
-                    row = {"target": target, "method": method, "setting": setting, "seed": seed}
-                    row |= {"train_seconds": round(seconds, 1), "fid_vs_base": round(fid, 2)}
-                    row |= summarise(kind, name, report)
-                    rows.append(row)
-                    write_json_atomic(results_file, rows)
-                    print(_line(row), flush=True)
+        for method, setting, overrides in points:
+            for seed in args.seeds:
+                if (target, method, setting, seed) in done:
+                    continue
+                tag = f"{kind}-{name}-{method}-{setting}-s{seed}".replace("=", "").replace("+", "-")
+                run = out / "runs" / tag
+                config = TrainConfig(
+                    output=str(run),
+                    forget=forget,
+                    method=method.replace("+mask", ""),
+                    seed=seed,
+                    overwrite=True,
+                    progress=False,
+                    **overrides,
+                )
+                start = time.perf_counter()
+                train(config)
+                seconds = time.perf_counter() - start
+                report, entries = score(str(run), out / "images" / tag, args.images_per_prompt)
+                mine = load_images([out / "images" / tag / entries[i]["file"] for i in retain], size=32)
+                with torch.no_grad():
+                    fid = frechet_distance(judge, base_images, mine)
+                row = {"target": target, "method": method, "setting": setting, "seed": seed}
+                row |= {"train_seconds": round(seconds, 1), "fid_vs_base": round(fid, 2)}
+                row |= summarise(kind, name, report)
+                rows.append(row)
+                write_json_atomic(results_file, rows)
+                print(_line(row), flush=True)
     _write_table_and_plots(rows, out)
     return rows
+
+
+def _points(only: list[str], parser: argparse.ArgumentParser) -> list[tuple[str, str, dict]]:
+    """(method, setting, overrides) for each --only entry, in SWEEPS order."""
+    chosen = []
+    for entry in only:
+        method, _, setting = entry.partition(":")
+        if method not in SWEEPS:
+            parser.error(f"unknown method {method!r}; choose from {', '.join(SWEEPS)}")
+        settings = [s for s, _ in SWEEPS[method]]
+        if setting and setting not in settings:
+            parser.error(f"{method} has no setting {setting!r}; choose from {', '.join(settings)}")
+        chosen += [(method, s, o) for s, o in SWEEPS[method] if not setting or s == setting]
+    return chosen
+
+
+def _spread(values: list[float], percent: bool = True) -> str:
+    """Mean, and ± the sample standard deviation when there are several seeds."""
+    if not values:
+        return "–"
+    scale, unit = (100, "%") if percent else (1, "")
+    mean = sum(values) / len(values)
+    text = f"{mean * scale:.1f}"
+    if len(values) > 1:
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        text += f" ± {std * scale:.1f}"
+    return text + unit
 
 
 def _line(row: dict) -> str:
@@ -119,20 +160,17 @@ def _write_table_and_plots(rows: list[dict], out: Path) -> None:
         "FID vs base | train s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    order = {(m, setting): (i, j) for i, m in enumerate(SWEEPS) for j, (setting, _) in enumerate(SWEEPS[m])}
     groups: dict[tuple, list[dict]] = {}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r["target"], order.get((r["method"], r["setting"]), (99, 99)))):
         groups.setdefault((r["target"], r["method"], r["setting"]), []).append(r)
     for (target, method, setting), rs in groups.items():
-
-        def mean(key, rs=rs):
-            values = [r[key] for r in rs if key in r]
-            return sum(values) / len(values) if values else None
-
-        cra = mean("digit_under_erased_style")
+        cra = _spread([r["digit_under_erased_style"] for r in rs if "digit_under_erased_style" in r])
         lines.append(
-            f"| {target} | {method} | {setting} | {len(rs)} | {1 - mean('erased'):.1%} | {mean('others_mean'):.1%} | "
-            f"{mean('others_worst'):.1%} | {'–' if cra is None else f'{cra:.1%}'} | {mean('fid_vs_base'):.1f} | "
-            f"{mean('train_seconds'):.0f} |"
+            f"| {target} | {method} | {setting} | {len(rs)} | {_spread([1 - r['erased'] for r in rs])} | "
+            f"{_spread([r['others_mean'] for r in rs])} | {_spread([r['others_worst'] for r in rs])} | {cra} | "
+            f"{_spread([r['fid_vs_base'] for r in rs], percent=False)} | "
+            f"{sum(r['train_seconds'] for r in rs) / len(rs):.0f} |"
         )
     write_text_atomic(out / "tradeoff.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -190,29 +190,6 @@ def test_config_file_values_and_flags_layer(tiny_pipeline_dir, retain_file, tmp_
     assert saved["method"] == "none" and saved["steps"] == 1 and saved["batch_size"] == 2
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--concept", "  "], "--concept is empty"),
-        (["--concept", "x", "--forget", "default/digits"], "exactly one of --concept"),
-        (["--concept", "x", "--steps", "0"], "--steps must be at least 1"),
-        (["--concept", "x", "--eta", "nan"], "--eta must be a finite number"),
-        (["--concept", "x", "--retain-budget", "-1"], "--retain-budget must be a finite number ≥ 0"),
-        (["--concept", "x", "--model", "/no/model", "--method", "none"], "cannot load model '/no/model'"),
-        (["--concept", "x", "--retain", "missing.txt"], "missing.txt: no such file"),
-        (["--concept", "x", "--t-min", "500", "--t-max", "100"], "0 ≤ --t-min ≤ --t-max ≤ 999"),
-        ([], "give exactly one of --concept"),
-    ],
-)
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, argv, message):
-    out = tmp_path / "run"
-    assert main(["train", "--output", str(out), "--no-progress", *argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("erase train: error:") and message in err, err
-    assert "\n" not in err
-    assert not out.exists()
-
-
 def test_sd_model_without_retain_prompts_is_refused(tiny_pipeline_dir, tmp_path):
     with pytest.raises(InputError, match="needs retain prompts; give --retain"):
         loop.train(TrainConfig(model=str(tiny_pipeline_dir), concept="x", output=str(tmp_path / "r"), progress=False))
@@ -225,18 +202,6 @@ def test_existing_output_is_refused_without_overwrite(tiny_pipeline_dir, retain_
     with pytest.raises(InputError, match="already exists; use --resume"):
         loop.train(tiny_config(tiny_pipeline_dir, retain_file, out))
     assert (out / "keep.txt").read_text() == "mine"
-
-
-def test_config_file_with_an_unknown_key(tmp_path, write, capsys):
-    config = write("run.yaml", "concept: x\nlearning_rat: 0.1\n")
-    assert main(["train", "--config", str(config), "--output", str(tmp_path / "r")]) == 2
-    assert "unknown key 'learning_rat'" in capsys.readouterr().err
-
-
-def test_unknown_method_is_an_argparse_choice_error(capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["train", "--concept", "x", "--output", "o", "--method", "magic"])
-    assert info.value.code == 2 and "invalid choice: 'magic'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags", [["--method", "eupmu"], ["--method", "explicit", "--mask", "feasible"]])
