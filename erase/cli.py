@@ -88,11 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # e.g. `erase prompts | head`
         return 0
-    except OSError as err:  # the disk, not the input: full, read-only, not permitted
-        print(f"erase {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
-        return 1 if err.errno in DISK_FULL else 2
-    except Exception as err:
-        os_error = as_os_error(err)  # safetensors reports I/O failures as its own error type
+    except Exception as err:  # the disk, not the input: full, read-only, not permitted
+        os_error = as_os_error(err)  # an OSError, or one that safetensors reports as its own type
         if os_error is None:
             raise
         print(f"erase {args.command}: error: {describe_os_error(os_error)}", file=sys.stderr)

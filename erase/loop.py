@@ -39,7 +39,7 @@ from prompts import InputError, PromptRecord, load_prompts
 CONFIG_NAME = "train_config.json"
 LOG_NAME = "train_log.jsonl"
 # Fields that may differ between a run and its --resume: they do not change what is computed.
-_RESUME_MAY_CHANGE = {"output", "resume", "overwrite", "progress", "checkpoint_every"}
+_RESUME_MAY_CHANGE = {"output", "resume", "overwrite", "progress", "checkpoint_every", "allow_pickle"}
 
 
 class NonFiniteLossError(InputError):
@@ -173,7 +173,7 @@ class ErasureRun:
             raise InputError(f"--output {self.output} is a file; give a folder")
         if not holds_nothing(self.output):
             if cfg.resume:
-                self._check_same_run()
+                self.check_same_run()
                 if is_main_process():
                     remove_leftovers(self.output)
                 return
@@ -187,7 +187,7 @@ class ErasureRun:
         elif cfg.resume:
             raise InputError(f"--resume given but {self.output} holds no run to resume; drop --resume to start one")
 
-    def _check_same_run(self) -> None:
+    def check_same_run(self) -> None:
         """--resume with other settings would silently mix two runs; refuse, naming the field."""
         saved_file = self.output / CONFIG_NAME
         if not saved_file.is_file():
@@ -454,7 +454,7 @@ def train(config: TrainConfig, pipe=None) -> Path:
     with output_lock(config.output, enabled=is_main_process()):
         run = ErasureRun(config, pipe)
         if config.resume and run.is_complete():
-            run._check_same_run()
+            run.check_same_run()
             return run.output
         run.setup()
         return run.train()

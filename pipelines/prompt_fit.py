@@ -33,10 +33,11 @@ def require_whole(tokenizer, prompts: list[str], role: str) -> None:
         if prompt and token_count(tokenizer, prompt) == 0:
             raise InputError(f"{role} {prompt!r} tokenises to nothing; write the concept in words")
     for prompt, n in overlong(tokenizer, prompts):
-        kept = tokenizer.decode(tokenizer(prompt, add_special_tokens=False).input_ids[: room(tokenizer)])
+        ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        kept = tokenizer.decode(ids[room(tokenizer) - 6 : room(tokenizer)]).strip()
         raise InputError(
             f"{role} {prompt[:40]!r}… has {n} tokens but the text encoder reads {room(tokenizer)}, so it would be "
-            f"truncated after …{kept[-30:]!r}; shorten it"
+            f"truncated after '…{kept}'; shorten it"
         )
 
 

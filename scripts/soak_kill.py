@@ -102,15 +102,14 @@ def _images(folder: Path) -> int:
         return 0
 
 
-def _kill_plan(rng: random.Random, kills: int, total: int, startup_share: float = 0.2) -> list[tuple[str, float]]:
-    """("progress", n) kills at a random count of steps or images, in rising order, and a
-    share of ("time", s) kills a random 0.5–6 s after launch (start-up, model loading)."""
-    plan = [
-        ("time", round(rng.uniform(0.5, 6.0), 2)) if rng.random() < startup_share else ("progress", 0)
-        for _ in range(kills)
+def _kill_plan(rng: random.Random, kills: int, total: int) -> list[tuple[str, float]]:
+    """Every fourth kill lands a random 0.5–6 s after launch (start-up: imports, model loading,
+    the latent bank); the others at distinct random counts of steps or images, in rising order."""
+    timed = {i for i in range(kills) if i % 4 == 3}
+    counts = iter(sorted(rng.sample(range(1, total), kills - len(timed))))
+    return [
+        ("time", round(rng.uniform(0.5, 6.0), 2)) if i in timed else ("progress", next(counts)) for i in range(kills)
     ]
-    counts = iter(sorted(rng.randrange(1, total) for _ in range(kills)))
-    return [(kind, next(counts) if kind == "progress" else value) for kind, value in plan]
 
 
 def _soak(
