@@ -123,6 +123,7 @@ def _soak(
     verbose: bool = True,
 ) -> dict:
     """Run ``command(restart)`` under the kill plan until it finishes; scan after each kill."""
+    start = time.perf_counter()
     rng = random.Random(seed)
     plan = _kill_plan(rng, kills, total)
     summary = {"kills": 0, "corrupt": [], "temp_left_after_kills": 0, "plan": plan}
@@ -156,7 +157,20 @@ def _soak(
     final = scan(output)
     summary["corrupt"] += final["corrupt"]
     summary["temp_left_at_end"] = len(final["temp"])
+    summary["seconds"] = round(time.perf_counter() - start, 1)
     return summary
+
+
+def _run_reference(workdir: Path, common: list[str]) -> tuple[Path, Path, Path, float]:
+    """Empty ``reference/`` and ``killed/`` under ``workdir`` and run ``common`` uninterrupted
+    into ``reference/``. Returns (reference, killed, log file, the reference's seconds)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    reference, killed, log = workdir / "reference", workdir / "killed", workdir / "soak.log"
+    for folder in (reference, killed):
+        shutil.rmtree(folder, ignore_errors=True)
+    start = time.perf_counter()
+    run_until(erase_command(*common, "--output", str(reference)), lambda _: False, log)
+    return reference, killed, log, round(time.perf_counter() - start, 1)
 
 
 # --- train --------------------------------------------------------------------------------------
@@ -167,25 +181,16 @@ def soak_train(workdir: Path, train_args: list[str], steps: int, kills: int, see
     import torch
     from safetensors.torch import load_file
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = workdir / "soak.log"
-    reference, killed = workdir / "reference", workdir / "killed"
-    for folder in (reference, killed):
-        shutil.rmtree(folder, ignore_errors=True)
     common = ["train", *train_args, "--steps", str(steps), "--seed", str(seed), "--no-progress"]
-    start = time.perf_counter()
-    run_until(erase_command(*common, "--output", str(reference)), lambda _: False, log)
-    reference_seconds = time.perf_counter() - start
+    reference, killed, log, reference_seconds = _run_reference(workdir, common)
 
     def command(restart: bool) -> list[str]:
         # Resume only once the run has recorded its settings; a kill before that left nothing.
         resume = restart and (killed / "train_config.json").is_file()
         return erase_command(*common, "--output", str(killed), *(["--resume"] if resume else ["--overwrite"]))
 
-    start = time.perf_counter()
     summary = _soak(command, killed, lambda: _log_steps(killed), steps, kills, seed, log, verbose)
-    summary["seconds"] = round(time.perf_counter() - start, 1)
-    summary["reference_seconds"] = round(reference_seconds, 1)
+    summary["reference_seconds"] = reference_seconds
 
     name = "unet/diffusion_pytorch_model.safetensors"
     a, b = load_file(str(reference / name)), load_file(str(killed / name))
@@ -213,14 +218,8 @@ def soak_generate(
     import numpy as np
     from PIL import Image
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = workdir / "soak.log"
-    reference, killed = workdir / "reference", workdir / "killed"
-    for folder in (reference, killed):
-        shutil.rmtree(folder, ignore_errors=True)
     common = ["generate", *generate_args, "--no-progress"]
-    run_until(erase_command(*common, "--output", str(reference)), lambda _: False, log)
-    start = time.perf_counter()
+    reference, killed, log, _ = _run_reference(workdir, common)
     summary = _soak(
         lambda restart: erase_command(*common, "--output", str(killed)),
         killed,
@@ -231,7 +230,6 @@ def soak_generate(
         log,
         verbose,
     )
-    summary["seconds"] = round(time.perf_counter() - start, 1)
     files_a = [json.loads(x)["file"] for x in (reference / "manifest.jsonl").read_text().splitlines()]
     files_b = [json.loads(x)["file"] for x in (killed / "manifest.jsonl").read_text().splitlines()]
     summary["manifest_identical"] = files_a == files_b
@@ -248,18 +246,12 @@ def soak_generate(
 
 def soak_eval(workdir: Path, eval_args: list[str], total: int, kills: int, seed: int, verbose: bool = True) -> dict:
     """Evaluate once uninterrupted and once under kills; compare every value in metrics.json."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = workdir / "soak.log"
-    reference, killed = workdir / "reference", workdir / "killed"
-    for folder in (reference, killed):
-        shutil.rmtree(folder, ignore_errors=True)
     common = ["eval", *eval_args, "--no-progress"]
-    run_until(erase_command(*common, "--output", str(reference)), lambda _: False, log)
+    reference, killed, log, _ = _run_reference(workdir, common)
 
     def images() -> int:
         return sum(_images(folder) for folder in (killed / "images").glob("*")) if (killed / "images").is_dir() else 0
 
-    start = time.perf_counter()
     summary = _soak(
         lambda restart: erase_command(*common, "--output", str(killed)),
         killed,
@@ -270,7 +262,6 @@ def soak_eval(workdir: Path, eval_args: list[str], total: int, kills: int, seed:
         log,
         verbose,
     )
-    summary["seconds"] = round(time.perf_counter() - start, 1)
 
     def values(folder: Path) -> dict:
         data = json.loads((folder / "metrics.json").read_text())
@@ -294,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=str(ROOT / ".cache" / "soak"))
     args = p.parse_args(argv)
     workdir = Path(args.workdir) / args.command
+    workdir.mkdir(parents=True, exist_ok=True)
     torch_threads = os.environ.get("OMP_NUM_THREADS", "all")
     print(f"soak {args.command}: {args.kills} kills, seed {args.seed}, threads {torch_threads}", flush=True)
     if args.command == "train":
