@@ -175,16 +175,16 @@ def generate(config: GenerateConfig, pipe=None) -> GenerationResult:
     records = load_prompts(config.prompts, seed=config.seed)
     jobs = plan_jobs(records, config.images_per_prompt)
     output = Path(config.output)
-    if output.exists() and not output.is_dir():
-        raise InputError(f"--output {output} is a file; give a folder")
-    with output_lock(output, enabled=process_state().is_main_process):
+    with output_lock(output, enabled=process_state().is_main_process):  # also refuses a file
         return _generate_into(output, jobs, config, pipe)
 
 
 def _generate_into(output: Path, jobs: list[ImageJob], config: GenerateConfig, pipe) -> GenerationResult:
+    state = process_state()
+    world, rank, main = state.num_processes, state.process_index, state.is_main_process
     settings = asdict(config)
     _check_settings(output, settings, config.overwrite)
-    if process_state().is_main_process:
+    if main:
         remove_leftovers(output)  # temp files of a killed run
 
     # 2. Skip what is already there (same file, same prompt and seed in the manifest).
@@ -197,8 +197,6 @@ def _generate_into(output: Path, jobs: list[ImageJob], config: GenerateConfig, p
         and existing.get(job.file, {}).get("seed") == job.seed
     }
     todo = [job for job in jobs if job.file not in done]
-    state = process_state()
-    world, rank, main = state.num_processes, state.process_index, state.is_main_process
     if todo and pipe is None:  # load before writing anything, so a bad model leaves no folder behind
         device = str(state.device) if world > 1 and config.device == "auto" else config.device
         pipe = load_pipeline(

@@ -12,9 +12,9 @@ from __future__ import annotations
 from prompts.errors import InputError
 
 
-def token_count(tokenizer, prompt: str) -> int:
-    """Tokens in ``prompt`` without the start and end markers."""
-    return len(tokenizer(prompt, add_special_tokens=False, truncation=False).input_ids)
+def _ids(tokenizer, prompt: str) -> list[int]:
+    """Token ids of ``prompt`` without the start and end markers, uncut."""
+    return tokenizer(prompt, add_special_tokens=False, truncation=False).input_ids
 
 
 def room(tokenizer) -> int:
@@ -23,22 +23,23 @@ def room(tokenizer) -> int:
 
 def overlong(tokenizer, prompts: list[str]) -> list[tuple[str, int]]:
     """(prompt, token count) for each prompt the encoder would truncate."""
-    counts = [(p, token_count(tokenizer, p)) for p in dict.fromkeys(prompts)]
+    counts = [(p, len(_ids(tokenizer, p))) for p in dict.fromkeys(prompts)]
     return [(p, n) for p, n in counts if n > room(tokenizer)]
 
 
 def require_whole(tokenizer, prompts: list[str], role: str) -> None:
     """Refuse a prompt that tokenises to nothing or past the encoder's limit."""
+    limit = room(tokenizer)
     for prompt in dict.fromkeys(prompts):
-        if prompt and token_count(tokenizer, prompt) == 0:
+        ids = _ids(tokenizer, prompt)
+        if not ids:
             raise InputError(f"{role} {prompt!r} tokenises to nothing; write the concept in words")
-    for prompt, n in overlong(tokenizer, prompts):
-        ids = tokenizer(prompt, add_special_tokens=False).input_ids
-        kept = tokenizer.decode(ids[room(tokenizer) - 6 : room(tokenizer)]).strip()
-        raise InputError(
-            f"{role} {prompt[:40]!r}… has {n} tokens but the text encoder reads {room(tokenizer)}, so it would be "
-            f"truncated after '…{kept}'; shorten it"
-        )
+        if len(ids) > limit:
+            kept = tokenizer.decode(ids[limit - 6 : limit]).strip()
+            raise InputError(
+                f"{role} {prompt[:40]!r}… has {len(ids)} tokens but the text encoder reads {limit}, so it would "
+                f"be truncated after '…{kept}'; shorten it"
+            )
 
 
 def truncation_warning(tokenizer, prompts: list[str]) -> str | None:

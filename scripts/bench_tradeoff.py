@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,8 +49,6 @@ SWEEPS = {
     # a larger δ keeps more coordinates (a weaker sign test).
     "eupmu+mask": [(f"δ={d:g}", {"mask": "feasible", "mask_delta": d}) for d in (0.05, 0.2, 0.45)],
 }
-# Labels the first pass used for what are now sweep points (kept so old results still count).
-RENAMED = {("eupmu-fast", "ε=0"): "β=3e6", ("explicit", "ε=0"): "lr=1e-3", ("eupmu+mask", "ε=0"): "δ=0.05"}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -72,8 +71,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     _, base_entries = score("default", out / "images" / "base", args.images_per_prompt)
     results_file = out / "tradeoff.json"
     rows = json.loads(results_file.read_text()) if results_file.is_file() else []
-    for r in rows:
-        r["setting"] = RENAMED.get((r["method"], r["setting"]), r["setting"])
     points = _points(args.only, p)
     done = {(r["target"], r["method"], r["setting"], r["seed"]) for r in rows}
     for target in args.targets:
@@ -157,7 +154,7 @@ def _write_table_and_plots(rows: list[dict], out: Path) -> None:
 
     lines = [
         "| target | method | setting | seeds | UA | RA / IRA (mean) | worst other | CRA under erased style | "
-        "FID vs base | train s |",
+        "FID vs base | train s (median) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {(m, setting): (i, j) for i, m in enumerate(SWEEPS) for j, (setting, _) in enumerate(SWEEPS[m])}
@@ -170,7 +167,7 @@ def _write_table_and_plots(rows: list[dict], out: Path) -> None:
             f"| {target} | {method} | {setting} | {len(rs)} | {_spread([1 - r['erased'] for r in rs])} | "
             f"{_spread([r['others_mean'] for r in rs])} | {_spread([r['others_worst'] for r in rs])} | {cra} | "
             f"{_spread([r['fid_vs_base'] for r in rs], percent=False)} | "
-            f"{sum(r['train_seconds'] for r in rs) / len(rs):.0f} |"
+            f"{statistics.median(r['train_seconds'] for r in rs):.0f} |"  # robust to a run on busy cores
         )
     write_text_atomic(out / "tradeoff.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -86,18 +86,11 @@ def scan(folder: Path) -> dict[str, list[str]]:
     return {"corrupt": corrupt, "temp": temp}
 
 
-def _log_steps(run: Path) -> int:
-    log = run / "train_log.jsonl"
+def _lines(path: Path) -> int:
+    """Lines in a log or manifest the killed command is writing (0 while it does not exist):
+    the progress the kill plan waits for."""
     try:
-        return len(log.read_bytes().splitlines()) if log.is_file() else 0
-    except OSError:
-        return 0
-
-
-def _images(folder: Path) -> int:
-    manifest = folder / "manifest.jsonl"
-    try:
-        return len(manifest.read_bytes().splitlines()) if manifest.is_file() else 0
+        return len(path.read_bytes().splitlines()) if path.is_file() else 0
     except OSError:
         return 0
 
@@ -189,7 +182,7 @@ def soak_train(workdir: Path, train_args: list[str], steps: int, kills: int, see
         resume = restart and (killed / "train_config.json").is_file()
         return erase_command(*common, "--output", str(killed), *(["--resume"] if resume else ["--overwrite"]))
 
-    summary = _soak(command, killed, lambda: _log_steps(killed), steps, kills, seed, log, verbose)
+    summary = _soak(command, killed, lambda: _lines(killed / "train_log.jsonl"), steps, kills, seed, log, verbose)
     summary["reference_seconds"] = reference_seconds
 
     name = "unet/diffusion_pytorch_model.safetensors"
@@ -223,7 +216,7 @@ def soak_generate(
     summary = _soak(
         lambda restart: erase_command(*common, "--output", str(killed)),
         killed,
-        lambda: _images(killed),
+        lambda: _lines(killed / "manifest.jsonl"),
         total,
         kills,
         seed,
@@ -250,7 +243,11 @@ def soak_eval(workdir: Path, eval_args: list[str], total: int, kills: int, seed:
     reference, killed, log, _ = _run_reference(workdir, common)
 
     def images() -> int:
-        return sum(_images(folder) for folder in (killed / "images").glob("*")) if (killed / "images").is_dir() else 0
+        return (
+            sum(_lines(folder / "manifest.jsonl") for folder in (killed / "images").glob("*"))
+            if (killed / "images").is_dir()
+            else 0
+        )
 
     summary = _soak(
         lambda restart: erase_command(*common, "--output", str(killed)),
