@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pipelines.files import atomic_folder
+from prompts.errors import InputError
 
 CHECKPOINTS = "checkpoints"
 
@@ -67,14 +68,22 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict, dict, torch.Tensor]:
-    """(step, trainable tensors, optimizer state_dict, balancer state, RNG state)."""
-    meta = json.loads((path / "state.json").read_text())
-    opt = load_file(str(path / "optimizer.safetensors"))
-    rng = opt.pop("__rng__")
-    return (
-        meta["step"],
-        load_file(str(path / "trainable.safetensors")),
-        _optimizer_state(opt, meta["optimizer"]),
-        meta["balancer"],
-        rng,
-    )
+    """(step, trainable tensors, optimizer state_dict, balancer state, RNG state); a damaged
+    checkpoint is named with the fix (it is always written whole, so something else cut it)."""
+    try:
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        opt = load_file(str(path / "optimizer.safetensors"))
+        rng = opt.pop("__rng__")
+        return (
+            int(meta["step"]),
+            load_file(str(path / "trainable.safetensors")),
+            _optimizer_state(opt, meta["optimizer"]),
+            meta["balancer"],
+            rng,
+        )
+    except Exception as err:  # json, safetensors and key errors alike mean "damaged"
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise InputError(
+            f"checkpoint {path} is damaged ({reason}); delete that folder to restart the run from step 0 "
+            "with --resume, or use --overwrite"
+        ) from None

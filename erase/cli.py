@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
+import signal
 import sys
+import threading
 
 from erase import __version__
 from pipelines.files import DISK_FULL, as_os_error, describe_os_error
@@ -57,7 +60,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             name, help=HELP[name], description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
         )
         module.add_arguments(child)
-        child.set_defaults(_handler=module.run)
+        child.set_defaults(_handler=module.run, _resume_argv=getattr(module, "resume_argv", None))
     return parser
 
 
@@ -78,9 +81,25 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(_chosen_command(argv))
-    args = parser.parse_args(argv)
-    _quiet_libraries()
+    args = None
+    if threading.current_thread() is threading.main_thread():
+        # A shell starts background jobs with SIGINT ignored, and Python then never raises
+        # KeyboardInterrupt: `kill -INT` would be swallowed and the command run to its end.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        parser = build_parser(_chosen_command(argv))
+        args = parser.parse_args(argv)
+        _quiet_libraries()
+        return _run(args)
+    except KeyboardInterrupt:  # at any moment, start-up and imports included
+        command = getattr(args, "command", None) or _chosen_command(argv)
+        hint = getattr(args, "_resume_argv", None)
+        again = shlex.join(["erase", *(hint(args, argv) if hint else argv)])
+        print(f"erase{' ' + command if command else ''}: interrupted; to continue, run: {again}", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args._handler(args) or 0
     except InputError as err:
@@ -88,15 +107,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # e.g. `erase prompts | head`
         return 0
-    except Exception as err:  # the disk, not the input: full, read-only, not permitted
+    except Exception as err:  # the disk, not the input: full, read-only, not permitted; or memory
+        if _out_of_memory(err):
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            print(
+                f"erase {args.command}: error: out of memory ({first}); lower --batch-size, or use a smaller model",
+                file=sys.stderr,
+            )
+            return 2
         os_error = as_os_error(err)  # an OSError, or one that safetensors reports as its own type
         if os_error is None:
             raise
         print(f"erase {args.command}: error: {describe_os_error(os_error)}", file=sys.stderr)
         return 1 if os_error.errno in DISK_FULL else 2
-    except KeyboardInterrupt:
-        print(f"erase {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """torch's CUDA OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
+    text = str(err)
+    return (
+        isinstance(err, MemoryError)
+        or type(err).__name__ == "OutOfMemoryError"
+        or (isinstance(err, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text))
+    )
 
 
 if __name__ == "__main__":

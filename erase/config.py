@@ -9,10 +9,12 @@ from typing import Literal
 from erase.balancers import BALANCERS
 from erase.params import PARAMETER_SETS
 from prompts import InputError
+from prompts.checks import check_seed, check_types
 
 Method = Literal["eupmu", "eupmu-fast", "explicit", "weighted", "none"]
 ParameterSet = Literal["xattn", "noxattn", "full"]
 UnlearnLoss = Literal["negative-guidance", "anchor"]
+MAX_BATCH = 65_536  # latents per step; far beyond any GPU, and refused before a huge allocation
 assert set(Method.__args__) == set(BALANCERS) and set(ParameterSet.__args__) == set(PARAMETER_SETS)
 
 
@@ -83,6 +85,7 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.concept is not None and not self.concept.strip():
             raise InputError('--concept is empty; give the prompt to erase, e.g. "a plain drawing of the digit three"')
         if (self.concept is None) == (self.forget is None):
@@ -104,6 +107,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise InputError(f"--{name.replace('_', '-')} must be a finite number ≥ 0, got {value}")
+        check_seed(self.seed)
+        if self.batch_size > MAX_BATCH:
+            raise InputError(f"--batch-size must be at most {MAX_BATCH}, got {self.batch_size}")
         if self.learning_rate == 0 or self.lambda_lr == 0:
             raise InputError("--learning-rate and --lambda-lr must be > 0")
         if not 0 <= self.t_min <= self.t_max <= 999:

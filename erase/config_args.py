@@ -68,16 +68,22 @@ def dataclass_from_args(cls: type[T], args: argparse.Namespace, **overrides: Any
 
 def read_config_file(path: str, cls: type) -> dict[str, Any]:
     """Values from a .toml, .yaml/.yml or .json file whose keys are ``cls``'s fields (dashes or
-    underscores). Unknown keys are refused with the list of known ones."""
+    underscores). Unknown keys are refused with the list of known ones, and every value is checked
+    against its field's type, naming the file and the key."""
     import json
     from pathlib import Path
 
+    from prompts.checks import check_value
     from prompts.errors import InputError
 
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"--config {path}: file not found")
-    text = file.read_text(encoding="utf-8")
+    file = Path(path).expanduser()
+    if not file.is_file():  # a FIFO would block the read forever
+        what = "is not a regular file" if file.exists() else "file not found"
+        raise InputError(f"--config {path}: {what}")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"--config {path}: not UTF-8 text; save the file as UTF-8") from None
     try:
         if file.suffix == ".toml":
             import tomllib
@@ -103,6 +109,7 @@ def read_config_file(path: str, cls: type) -> dict[str, Any]:
         name = str(key).replace("-", "_")
         if name not in known:
             raise InputError(f"--config {path}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+        check_value(cls, name, value, where=f"--config {path}")
         values[name] = value
     return values
 

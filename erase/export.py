@@ -2,7 +2,10 @@
 
 A delta holds only the tensors the run trained (its parameter set) at their erased values, plus
 metadata (base model, method, concept), so it is small and says what it must be applied to.
-``apply_delta`` refuses a delta whose keys or shapes do not match the base UNet.
+``apply_delta`` refuses a delta whose keys or shapes do not match the base UNet, whose values
+cannot be right (NaN, integers, none at all), or that was made from another base (its
+``base_fingerprint`` hashes the base's values of the tensors it replaces) unless ``force``.
+Outputs replace only what erase wrote (pipelines/ownership.py).
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from erase.params import PARAMETER_SETS
-from pipelines.files import atomic_folder, atomic_path
+from erase.checkpoint import CHECKPOINTS
+from erase.params import PARAMETER_SETS, tensors_fingerprint
+from pipelines.files import atomic_path
 from pipelines.loading import load_pipeline
+from pipelines.lock import output_lock
+from pipelines.ownership import OwnedFolder, check_outside
 from pipelines.single_file import save_single_file
 from prompts import InputError
 
@@ -42,6 +49,7 @@ def _metadata(config: dict, fmt: str = DELTA_FORMAT) -> dict[str, str]:
     return {
         "format": fmt,
         "base_model": str(config.get("base_model", "")),
+        "base_fingerprint": str(config.get("base_fingerprint", "")),
         "method": config["method"],
         "parameters": config["parameters"],
         "concept": concept,
@@ -49,18 +57,57 @@ def _metadata(config: dict, fmt: str = DELTA_FORMAT) -> dict[str, str]:
     }
 
 
+def _check_file_target(output: Path, overwrite: bool) -> None:
+    """A file output may replace only a file erase wrote: a safetensors file with our format tag."""
+    if not output.exists() and not output.is_symlink():
+        return
+    if not overwrite:
+        raise InputError(f"--output {output} already exists; use --overwrite or another path")
+    if output.is_symlink() or not output.is_file():
+        raise InputError(f"--output {output} is not a regular file; choose another path")
+    try:
+        with safe_open(str(output), "pt") as handle:
+            tag = (handle.metadata() or {}).get("format")
+    except Exception:  # not safetensors at all
+        tag = None
+    if tag not in (DELTA_FORMAT, SINGLE_FILE_FORMAT):
+        raise InputError(
+            f"--output {output} was not written by erase (no concept-erase format tag), so --overwrite will not "
+            "replace it; choose another path"
+        )
+
+
+def _check_not_inside(output: Path, folder: Path, what: str) -> None:
+    out, inside = output.expanduser().resolve(), folder.expanduser().resolve()
+    if out == inside or inside in out.parents:
+        raise InputError(f"--output {output} lies inside {what} {folder}; choose a path outside it")
+
+
+def _write_pipeline_folder(output: Path, overwrite: bool, names: list[str], fill) -> Path:
+    """A diffusers folder of ours: refused over a folder erase did not write (or holds a run,
+    images, a report), replaced only with --overwrite, and then only erase's own entries."""
+    with output_lock(output):
+        folder = OwnedFolder.inspect(output, "pipeline")
+        if any((output / n).exists() for n in folder.names) and not overwrite:
+            raise InputError(f"--output {output} already exists; use --overwrite or another path")
+        folder.check_claimable(names)
+        folder.replace_from(fill)
+    return output
+
+
 def export_run(run: str | Path, fmt: ExportFormat, output: str | Path, overwrite: bool = False) -> Path:
     run, config = read_run(run)
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise InputError(f"--output {output} already exists; use --overwrite or another path")
+    _check_not_inside(output, run, "the run folder")
     if fmt == "diffusers":
-        with atomic_folder(output, overwrite=True) as tmp:
-            for item in run.iterdir():
-                if item.name in ("checkpoints",) or item.name.startswith("."):
-                    continue
+        items = [i for i in run.iterdir() if not i.name.startswith(".") and i.name != CHECKPOINTS]
+
+        def copy(tmp: Path) -> None:
+            for item in items:
                 (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
-        return output
+
+        return _write_pipeline_folder(output, overwrite, [i.name for i in items], copy)
+    _check_file_target(output, overwrite)
     pipe = load_pipeline(run, device="cpu")
     if fmt == "single-file":
         return save_single_file(pipe, output, metadata=_metadata(config, SINGLE_FILE_FORMAT))
@@ -71,27 +118,44 @@ def export_run(run: str | Path, fmt: ExportFormat, output: str | Path, overwrite
     return output
 
 
+def read_delta(delta: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """A delta's metadata and tensors, refused when it cannot be one of ours or cannot be right:
+    another format, no tensors, integer tensors, NaN or inf values."""
+    if not delta.is_file():
+        raise InputError(f"delta {delta} not found" if not delta.exists() else f"delta {delta} is not a regular file")
+    try:
+        with safe_open(str(delta), "pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (no __iter__)
+    except Exception as err:  # safetensors raises its own error types for damaged files
+        raise InputError(f"{delta} is not a readable safetensors file ({str(err).splitlines()[0]})") from None
+    if metadata.get("format") != DELTA_FORMAT:
+        hint = "; it is a whole model: load it with --model" if metadata.get("format") == SINGLE_FILE_FORMAT else ""
+        raise InputError(f"{delta} is not a concept-erase delta (metadata format {metadata.get('format')!r}){hint}")
+    if not tensors:
+        raise InputError(f"delta {delta} holds no tensors; export the run again")
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise InputError(f"delta tensor {key!r} is {tensor.dtype}, not floating point; the delta is damaged")
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise InputError(f"delta tensor {key!r} has {bad} NaN or inf values; the delta is damaged")
+    return metadata, tensors
+
+
 def apply_delta(
     delta: str | Path,
     base: str,
     output: str | Path,
     fmt: Literal["diffusers", "single-file"] = "diffusers",
     overwrite: bool = False,
+    force: bool = False,
 ) -> Path:
     delta, output = Path(delta), Path(output)
-    if not delta.is_file():
-        raise InputError(f"delta {delta} not found")
-    if output.exists() and not overwrite:
-        raise InputError(f"--output {output} already exists; use --overwrite or another path")
-    try:
-        with safe_open(str(delta), "pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    except Exception as err:  # safetensors raises its own error types for damaged files
-        raise InputError(f"{delta} is not a readable safetensors file ({str(err).splitlines()[0]})") from None
-    if metadata.get("format") != DELTA_FORMAT:
-        hint = "; it is a whole model: load it with --model" if metadata.get("format") == SINGLE_FILE_FORMAT else ""
-        raise InputError(f"{delta} is not a concept-erase delta (metadata format {metadata.get('format')!r}){hint}")
+    metadata, tensors = read_delta(delta)
+    check_outside(output, {"delta": delta, "--base": base})
+    if fmt == "single-file":
+        _check_file_target(output, overwrite)
     pipe = load_pipeline(base, device="cpu")
     state = pipe.unet.state_dict()
     unknown = sorted(set(tensors) - set(state))
@@ -106,9 +170,16 @@ def apply_delta(
                 f"delta tensor {key!r} has shape {tuple(tensor.shape)}, the base has "
                 f"{tuple(state[key].shape)}; the delta was made for another architecture"
             )
+    recorded = metadata.get("base_fingerprint")
+    if recorded and not force and tensors_fingerprint(state, tensors) != recorded:
+        raise InputError(
+            f"delta {delta} was made from base {metadata.get('base_model')!r}, and {base!r} holds other weights "
+            "for the tensors it replaces; give that base, or --force to apply it anyway"
+        )
     pipe.unet.load_state_dict(tensors, strict=False)
     if fmt == "single-file":
         return save_single_file(pipe, output, metadata=metadata | {"format": SINGLE_FILE_FORMAT})
-    with atomic_folder(output, overwrite=True) as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-    return output
+    names = ["model_index.json", *(n for n, c in pipe.components.items() if c is not None)]
+    return _write_pipeline_folder(
+        output, overwrite, names, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True)
+    )

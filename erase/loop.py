@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,26 +23,35 @@ from tqdm.auto import tqdm
 from erase import losses
 from erase.balancers import BalancerSettings, build_balancer
 from erase.balancers.base import flat_grad, set_flat_grad
-from erase.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from erase.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
 from erase.config import TrainConfig
 from erase.mask import FeasibleMask
-from erase.params import select_parameters
-from pipelines.files import atomic_folder, remove_leftovers, write_json_atomic, write_text_atomic
+from erase.params import select_parameters, tensors_fingerprint
+from pipelines.files import write_json_atomic, write_text_atomic
 from pipelines.latents import encode_prompts, generate_latents
-from pipelines.loading import DEFAULT_MODEL_DIR, load_pipeline
-from pipelines.lock import clear_folder, holds_nothing, output_lock
+from pipelines.loading import DEFAULT_MODEL_DIR, check_sampler_steps, load_pipeline
+from pipelines.lock import output_lock
+from pipelines.ownership import OwnedFolder, check_outside
 from pipelines.processes import is_main_process
 from pipelines.prompt_fit import require_whole
 from prompts import InputError, PromptRecord, load_prompts
 
 CONFIG_NAME = "train_config.json"
 LOG_NAME = "train_log.jsonl"
+STAGING = ".pipeline"  # the finished pipeline is written here, then moved into the run folder
 # Fields that may differ between a run and its --resume: they do not change what is computed.
 _RESUME_MAY_CHANGE = {"output", "resume", "overwrite", "progress", "checkpoint_every", "allow_pickle"}
 
 
 class NonFiniteLossError(InputError):
-    """A loss became NaN or inf; the last good checkpoint is kept."""
+    """A loss, a weight or λ became NaN or inf; the last good checkpoint is kept."""
+
+
+def recorded_base(model: str) -> str:
+    """The base model as a run records it: an absolute path for files and folders, so that
+    ``erase eval RUN`` finds it from any working directory; `default` and hub ids as given."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if model != "default" and path.exists() else model
 
 
 def resolve_prompts(config: TrainConfig) -> tuple[list[str], list[str], list[str]]:
@@ -81,12 +89,41 @@ class ErasureRun:
         self.config = config
         self.pipe = pipe
         self.output = Path(config.output)
+        self.folder = OwnedFolder(self.output, "run")
+        self.restart = False  # --overwrite of an earlier run: its files go at the first write
+        self.checked = False
 
-    # 1. Setup -----------------------------------------------------------------------------
+    # 1. Checks and setup: nothing here writes into the run folder --------------------------
+    def check_inputs(self) -> None:
+        """Prompt lists, lineage and the output folder; reads only."""
+        cfg = self.config
+        self.forget_prompts, self.anchor_prompts, self.retain_prompts = resolve_prompts(cfg)
+        inputs = {"--model": cfg.model, "--model-config": cfg.model_config, "--forget": cfg.forget}
+        check_outside(self.output, inputs | {"--retain": cfg.retain})
+        self.folder = OwnedFolder.inspect(self.output, "run")
+        has_run = any((self.output / name).exists() for name in self.folder.names)
+        if has_run and cfg.resume:
+            self.check_same_run()
+        elif has_run and not cfg.overwrite:
+            raise InputError(
+                f"--output {self.output} already exists; use --resume to continue it, "
+                "--overwrite to replace it, or another folder"
+            )
+        elif cfg.resume:
+            raise InputError(f"--resume given but {self.output} holds no run to resume; drop --resume to start one")
+        self.restart = has_run and not cfg.resume
+        self.folder.check_claimable(self._names())
+        self.checked = True
+
+    def _names(self, pipe=None) -> list[str]:
+        """Every top-level name a run writes (the pipeline's components once it is loaded)."""
+        components = [n for n, c in pipe.components.items() if c is not None] if pipe is not None else []
+        return [CONFIG_NAME, LOG_NAME, CHECKPOINTS, STAGING, "model_index.json", *components]
+
     def setup(self) -> None:
         cfg = self.config
-        self._check_output()
-        self.forget_prompts, self.anchor_prompts, self.retain_prompts = resolve_prompts(cfg)
+        if not self.checked:
+            self.check_inputs()
         self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
         device = self.accelerator.device
         if self.pipe is None:
@@ -95,6 +132,8 @@ class ErasureRun:
             )
         pipe = self.pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
+        self.folder.check_claimable(self._names(pipe))
+        check_sampler_steps(pipe, cfg.bank_steps, "--bank-steps")
         require_whole(pipe.tokenizer, self.forget_prompts, "forget prompt")
         require_whole(pipe.tokenizer, [a for a in self.anchor_prompts if a], "anchor prompt")
         show = cfg.progress and self.accelerator.is_local_main_process
@@ -136,6 +175,7 @@ class ErasureRun:
         unet = pipe.unet
         named = select_parameters(unet, cfg.parameters)
         self.param_names = {n for n, _ in named}
+        self.base_fingerprint = tensors_fingerprint(unet.state_dict(), self.param_names)
         optimizer = torch.optim.Adam([p for _, p in named], lr=cfg.learning_rate)
         self.unet, self.optimizer = self.accelerator.prepare(unet.train(), optimizer)
         self.params = [p for _, p in named]
@@ -155,7 +195,17 @@ class ErasureRun:
         self.start_step = 0
         if cfg.resume and (ckpt := latest_checkpoint(self.output)) is not None:
             self._restore(ckpt)
+
+    def _commit(self) -> None:
+        """The run's first write, after every check and the first step in memory: replace an
+        earlier run (--overwrite: only the files erase recorded), record the names this run
+        writes, clear a killed run's temp files (--resume), save the resolved config."""
+        cfg = self.config
         if self.accelerator.is_main_process:
+            if self.restart:
+                self.folder.remove()
+            self.folder.claim(self._names(self.pipe))
+            self.folder.remove_leftovers()
             write_json_atomic(
                 self.output / CONFIG_NAME,
                 asdict(cfg)
@@ -163,29 +213,17 @@ class ErasureRun:
                     "forget_prompts": self.forget_prompts,
                     "anchor_prompts": self.anchor_prompts,
                     "retain_prompts": self.retain_prompts,
-                    "base_model": cfg.model,
+                    "base_model": recorded_base(cfg.model),
+                    "base_fingerprint": self.base_fingerprint,
                 },
             )
-
-    def _check_output(self) -> None:
-        cfg = self.config
-        if self.output.exists() and not self.output.is_dir():
-            raise InputError(f"--output {self.output} is a file; give a folder")
-        if not holds_nothing(self.output):
-            if cfg.resume:
-                self.check_same_run()
-                if is_main_process():
-                    remove_leftovers(self.output)
-                return
-            if not cfg.overwrite:
-                raise InputError(
-                    f"--output {self.output} already exists; use --resume to continue it, "
-                    "--overwrite to replace it, or another folder"
-                )
-            if is_main_process():
-                clear_folder(self.output)
-        elif cfg.resume:
-            raise InputError(f"--resume given but {self.output} holds no run to resume; drop --resume to start one")
+            log_path = self.output / LOG_NAME
+            if self.start_step == 0:
+                log_path.unlink(missing_ok=True)
+            elif log_path.exists():
+                lines = _log_lines_upto(log_path, self.start_step)
+                write_text_atomic(log_path, "".join(line + "\n" for line in lines))
+        self.accelerator.wait_for_everyone()
 
     def check_same_run(self) -> None:
         """--resume with other settings would silently mix two runs; refuse, naming the field."""
@@ -360,19 +398,29 @@ class ErasureRun:
         self.optimizer.step()
         if value_r is not None:
             log |= self.balancer.after_step(value_r, lambda: self._retain_value_now(batch))
+        self._check_finite_state()
         if "retain_increase" in log and cfg.retain_budget > 0:
             log["budget_used"] = log["retain_increase"] / cfg.retain_budget
         return log
+
+    def _check_finite_state(self) -> None:
+        """Stop, like a non-finite loss does, when a step left NaN/inf weights or λ (a huge
+        --lambda-lr or --lambda-max can do it with finite losses); nothing of it is saved."""
+        peak = torch.stack([p.detach().abs().amax().float() for p in self.params]).amax()  # NaN propagates
+        lam = float(self.balancer.state_dict().get("lambda", 0.0))
+        if not (math.isfinite(peak.item()) and math.isfinite(lam)):
+            what = "λ" if math.isfinite(peak.item()) else "the trained weights"
+            raise NonFiniteLossError(
+                f"{what} became NaN or inf at step {self.step + 1}; lower --learning-rate, --lambda-lr or "
+                "--lambda-max (the last good checkpoint is kept)"
+            )
 
     # 3. Loop and save ---------------------------------------------------------------------
     def train(self) -> Path:
         cfg = self.config
         acc = self.accelerator
         log_path = self.output / LOG_NAME
-        if self.start_step == 0 and acc.is_main_process:
-            log_path.unlink(missing_ok=True)
-        elif acc.is_main_process and log_path.exists():
-            write_text_atomic(log_path, "".join(line + "\n" for line in _log_lines_upto(log_path, self.start_step)))
+        committed = False
         bar = tqdm(
             total=cfg.steps,
             initial=self.start_step,
@@ -383,6 +431,9 @@ class ErasureRun:
         for step in range(self.start_step, cfg.steps):
             self.step = step
             log = self.train_step()
+            if not committed:  # the first step ran in memory: every check has passed
+                self._commit()
+                committed = True
             log = {"step": self.step + 1, **log, "seconds": round(time.perf_counter() - start, 3)}
             if acc.is_main_process:
                 with open(log_path, "a", encoding="utf-8") as handle:
@@ -392,6 +443,8 @@ class ErasureRun:
             bar.update(1)
             bar.set_postfix(l_u=f"{log['loss_forget']:.4f}", lam=f"{log.get('lambda', 0):.3g}")
         bar.close()
+        if not committed:
+            self._commit()
         acc.wait_for_everyone()
         if acc.num_processes > 1:
             self._check_processes_agree()
@@ -419,19 +472,8 @@ class ErasureRun:
         folder is loadable."""
         pipe = self.pipe
         pipe.unet = self.accelerator.unwrap_model(self.unet).eval()
-        with atomic_folder(self.output / ".pipeline", overwrite=True) as tmp:
-            pipe.save_pretrained(tmp, safe_serialization=True)
-        staged = self.output / ".pipeline"
-        for item in staged.iterdir():
-            if item.name == "model_index.json":
-                continue
-            dest = self.output / item.name
-            if dest.exists():
-                shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
-            item.rename(dest)
-        (staged / "model_index.json").rename(self.output / "model_index.json")
-        shutil.rmtree(staged, ignore_errors=True)
-        shutil.rmtree(self.output / "checkpoints", ignore_errors=True)
+        self.folder.replace_from(lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True), staging=STAGING)
+        self.folder.remove([CHECKPOINTS])
 
 
 def _log_lines_upto(path: Path, step: int) -> list[str]:
@@ -453,8 +495,8 @@ def train(config: TrainConfig, pipe=None) -> Path:
     --resume on a finished run returns at once."""
     with output_lock(config.output, enabled=is_main_process()):
         run = ErasureRun(config, pipe)
+        run.check_inputs()
         if config.resume and run.is_complete():
-            run.check_same_run()
             return run.output
         run.setup()
         return run.train()

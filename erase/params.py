@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterable
 
+import torch
 from torch import nn
 
 # name -> predicate on a UNet parameter name
@@ -31,3 +33,15 @@ def select_parameters(unet: nn.Module, parameter_set: str) -> list[tuple[str, nn
     if not chosen:
         raise ValueError(f"parameter set {parameter_set!r} selects no parameter of this UNet")
     return chosen
+
+
+def tensors_fingerprint(state: dict[str, torch.Tensor], names: Iterable[str]) -> str:
+    """A short hash of the named tensors' values (float32 bytes, in name order).
+
+    A run records it for the base model's values of the tensors it trains; a delta carries it, so
+    ``erase apply`` can tell the base the delta was made from from any other base."""
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(name.encode())
+        digest.update(state[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

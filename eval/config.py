@@ -6,7 +6,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipelines.loading import resolve_device
 from prompts import InputError
+from prompts.checks import check_types
 
 
 @dataclass
@@ -60,6 +62,7 @@ class EvalConfig:
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def __post_init__(self) -> None:
+        check_types(self)
         if not self.runs:
             raise InputError("give at least one run folder to evaluate")
         for name in ("images_per_prompt", "steps", "batch_size"):
@@ -69,6 +72,7 @@ class EvalConfig:
             raise InputError(f"--guidance-scale must be a finite number, got {self.guidance_scale}")
         if self.erased is not None:
             self.erased_labels()
+        resolve_device(self.device)
 
     def erased_labels(self) -> dict[str, str]:
         """``--erased class=three,style=red`` → {"class": "three", "style": "red"}."""

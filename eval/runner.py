@@ -19,9 +19,10 @@ from eval.config import EvalConfig
 from eval.images import load_images
 from eval.judges import build_judge
 from eval.metrics import METRICS, EvalContext, ModelImages, rows_showing
-from pipelines.generate import GenerateConfig, generate, read_manifest, safe_name
+from pipelines.generate import GenerateConfig, check_image_count, generate, read_manifest, safe_name
 from pipelines.loading import DEFAULT_MODEL_DIR, check_model_exists
 from pipelines.lock import output_lock
+from pipelines.ownership import OwnedFolder, check_outside
 from pipelines.processes import process_state
 from prompts import InputError, load_prompts
 
@@ -94,14 +95,32 @@ class Evaluation:
     images_per_second: float | None
 
 
+REPORT_NAMES = ["images", "figures", "metrics.json", "report.md"]
+
+
 def evaluate(config: EvalConfig) -> Evaluation:
-    """Generate, judge, score and report; ``config.output`` is locked while it runs."""
+    """Generate, judge, score and report; ``config.output`` is locked while it runs, and nothing
+    is written into it before every input is checked and the first batch of images is drawn."""
     with output_lock(config.output, enabled=process_state().is_main_process):
         return _evaluate(config)
 
 
+def _check_erased(erased: dict[str, str], labels: dict[str, list[str]], prompts: str) -> None:
+    """An --erased label the evaluation list does not have would leave UA undefined."""
+    for axis, label in erased.items():
+        if label not in labels[axis]:
+            have = ", ".join(dict.fromkeys(labels[axis])) or "none"
+            raise InputError(f"--erased {axis}={label}: --prompts {prompts} has no such {axis} (it has: {have})")
+
+
 def _evaluate(config: EvalConfig) -> Evaluation:
     output = Path(config.output)
+    report = OwnedFolder.inspect(output, "report")
+    report.check_claimable(REPORT_NAMES)
+    inputs = {"--prompts": config.prompts, "--forget": config.forget, "--base": config.base}
+    inputs |= {"--classifier": config.classifier, "--clip-weights": config.clip_weights}
+    inputs |= {"--fid-weights": config.fid_weights, "--real-images": config.real_images}
+    check_outside(output, inputs | {f"run {spec}": spec for spec in config.runs})
     runs = [read_run(spec) for spec in config.runs]
     _unique_names(runs)
     bases = {r.base for r in runs if r.base}
@@ -115,6 +134,7 @@ def _evaluate(config: EvalConfig) -> Evaluation:
     if prompts is None:
         raise InputError("give --prompts: a CSV with class and/or style columns saying what each prompt shows")
     records = load_prompts(prompts)
+    check_image_count(len(records), config.images_per_prompt)
     labels = {axis: [r.labels[axis] for r in records if axis in r.labels] for axis in ("class", "style")}
     if not any(labels.values()):
         raise InputError(f"--prompts {prompts} has no class or style column; the erasure metrics need one")
@@ -125,6 +145,8 @@ def _evaluate(config: EvalConfig) -> Evaluation:
     erased = {
         r.name: config.erased_labels() if config.erased else infer_erased(r.forget_prompts, records) for r in runs
     }
+    for labels_of_run in erased.values():
+        _check_erased(labels_of_run, labels, prompts)
 
     clip = None  # one open_clip model serves both CLIP score and the open-clip judge
     if config.clip_weights:
@@ -160,7 +182,9 @@ def _evaluate(config: EvalConfig) -> Evaluation:
                 model_config=config.model_config,
                 overwrite=config.overwrite,
                 progress=config.progress,
-            )
+            ),
+            lock=False,  # this command holds the report folder's lock
+            before_write=lambda: report.claim(REPORT_NAMES),
         )
         generated, seconds = generated + result.generated, seconds + result.seconds
         models.append(ModelImages(name, folder, list(read_manifest(folder).values()), is_base=is_base))

@@ -68,18 +68,6 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def remove_leftovers(folder: str | Path) -> int:
-    """Delete the temporary files and folders (``.name.XXXX.tmp``, ``.name.old``) that a killed
-    writer leaves behind in ``folder`` and its subfolders; returns how many were removed. Call it
-    only while holding the folder's lock."""
-    removed = 0
-    for item in sorted(Path(folder).rglob(".*"), key=lambda p: len(p.parts), reverse=True):
-        if item.name.endswith((".tmp", ".old")) and item.exists():
-            shutil.rmtree(item) if item.is_dir() else item.unlink()
-            removed += 1
-    return removed
-
-
 def write_text_atomic(target: str | Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -91,7 +79,8 @@ def write_json_atomic(target: str | Path, data: Any) -> None:
 
 @contextlib.contextmanager
 def atomic_folder(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; it replaces ``target`` only on success."""
+    """Yield a temporary folder beside ``target``; it replaces ``target`` only on success. Callers
+    check that ``target`` is theirs to replace (pipelines/ownership.py)."""
     target = Path(target)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists")
@@ -100,8 +89,9 @@ def atomic_folder(target: str | Path, overwrite: bool = False) -> Iterator[Path]
     try:
         yield tmp
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            # a fresh unique name: a fixed one (".name.old") could be a user's file
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+            old.rmdir()
             os.replace(target, old)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)

@@ -25,16 +25,21 @@ import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from pipelines.files import atomic_path, remove_leftovers, write_json_atomic, write_text_atomic
-from pipelines.loading import load_pipeline
+from pipelines.files import atomic_path, write_json_atomic, write_text_atomic
+from pipelines.grid import save_grid
+from pipelines.loading import check_sampler_steps, load_pipeline, resolve_device
 from pipelines.lock import output_lock
+from pipelines.ownership import OwnedFolder, check_outside
 from pipelines.processes import process_state
 from pipelines.prompt_fit import truncation_warning
 from prompts import InputError, PromptRecord, load_prompts
+from prompts.checks import check_seed, check_types
 
 MANIFEST_NAME = "manifest.jsonl"
 SETTINGS_NAME = "generation.json"
 # Settings that change the pixels: a folder made with other values is not resumed.
+MAX_IMAGES = 1_000_000  # per folder: the manifest is held in memory
+MAX_GRID_IMAGES = 1024  # beyond this a grid is unreadable and its canvas huge
 _IMAGE_SETTINGS = ("model", "model_config", "steps", "guidance_scale", "height", "width", "dtype", "negative_prompt")
 
 
@@ -65,10 +70,16 @@ class GenerateConfig:
         metadata={"help": "diffusers folder (or `default`) giving a single-file checkpoint's architecture"},
     )
     allow_pickle: bool = field(default=False, metadata={"help": "allow .ckpt/.pt/.bin checkpoints (runs pickle!)"})
-    overwrite: bool = field(default=False, metadata={"help": "start afresh if the output folder holds other settings"})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "start afresh if the folder holds images of other settings (deletes only erase's own files)"},
+    )
+    grid: bool = field(default=False, metadata={"help": "also write grid.png, every image in manifest order"})
+    grid_columns: int | None = field(default=None, metadata={"help": "images per grid row (default: about √n)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
+        check_types(self)
         for name in ("images_per_prompt", "steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -78,8 +89,12 @@ class GenerateConfig:
             value = getattr(self, name)
             if value is not None and (value < 8 or value % 8):
                 raise InputError(f"--{name} must be a positive multiple of 8, got {value}")
-        if self.seed < 0:
-            raise InputError(f"--seed must be ≥ 0, got {self.seed}")
+        check_seed(self.seed)
+        if self.images_per_prompt > MAX_IMAGES:
+            raise InputError(f"--images-per-prompt must be at most {MAX_IMAGES:,}, got {self.images_per_prompt:,}")
+        if self.grid_columns is not None and self.grid_columns < 1:
+            raise InputError(f"--grid-columns must be at least 1, got {self.grid_columns}")
+        resolve_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,7 @@ class GenerationResult:
     skipped: int
     seconds: float
     processes: int = 1
+    grid: Path | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -146,22 +162,28 @@ def read_manifest(output: Path) -> dict[str, dict]:
     return entries
 
 
-def _check_settings(output: Path, settings: dict, overwrite: bool) -> None:
+def _settings_changed(output: Path, settings: dict, overwrite: bool) -> bool:
+    """True when the folder's images were made with other settings (or its records are damaged)
+    and --overwrite says to start afresh; refuses without --overwrite. Reads only."""
     path = output / SETTINGS_NAME
-    if not path.is_file():
-        return
-    old = json.loads(path.read_text(encoding="utf-8"))
-    changed = [k for k in _IMAGE_SETTINGS if old.get(k) != settings.get(k)]
+    try:
+        old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if not isinstance(old, dict):
+            raise ValueError("not a table")
+        read_manifest(output)
+    except (ValueError, UnicodeDecodeError, InputError) as err:
+        if overwrite:
+            return True
+        what = str(err) if isinstance(err, InputError) else f"{path} is damaged (not valid JSON)"
+        raise InputError(what.split(";")[0] + "; use --overwrite to start the folder afresh") from None
+    changed = [k for k in _IMAGE_SETTINGS if k in old and old.get(k) != settings.get(k)]
     if changed and not overwrite:
         k = changed[0]
         raise InputError(
             f"{output} holds images made with {k}={old.get(k)!r}, not {settings.get(k)!r}; "
             "use another --output, or --overwrite to start afresh"
         )
-    if changed:
-        for entry in read_manifest(output).values():
-            (output / entry["file"]).unlink(missing_ok=True)
-        (output / MANIFEST_NAME).unlink(missing_ok=True)
+    return bool(changed)
 
 
 def _write_manifest(output: Path, jobs: list[ImageJob], done: set[str]) -> None:
@@ -169,35 +191,64 @@ def _write_manifest(output: Path, jobs: list[ImageJob], done: set[str]) -> None:
     write_text_atomic(output / MANIFEST_NAME, "".join(line + "\n" for line in lines))
 
 
-def generate(config: GenerateConfig, pipe=None) -> GenerationResult:
-    """Draw every image of ``config.prompts`` that ``config.output`` does not hold yet."""
+def check_image_count(records: int, per_prompt: int) -> None:
+    """Refuse a plan too big to hold (each image is a manifest line kept in memory)."""
+    if records * per_prompt > MAX_IMAGES:
+        raise InputError(
+            f"{records} prompts × {per_prompt} images per prompt = {records * per_prompt:,} images, more than the "
+            f"{MAX_IMAGES:,} one folder holds; lower --images-per-prompt or split the prompt list"
+        )
+
+
+def _check_grid(config: GenerateConfig, total: int) -> None:
+    if not config.grid:
+        return
+    if total > MAX_GRID_IMAGES:
+        raise InputError(f"--grid tiles at most {MAX_GRID_IMAGES} images, this list makes {total}; drop --grid")
+    if config.grid_columns is not None and config.grid_columns > total:
+        raise InputError(f"--grid-columns {config.grid_columns} is more than the {total} images; use 1 to {total}")
+
+
+def generate(config: GenerateConfig, pipe=None, *, lock: bool = True, before_write=None) -> GenerationResult:
+    """Draw every image of ``config.prompts`` that ``config.output`` does not hold yet.
+
+    Nothing is written or deleted until every input is checked and the first batch is drawn in
+    memory (so a bad model, an out-of-memory batch or a folder that is not ours changes nothing).
+    ``lock=False`` when the caller holds a lock on a parent folder; ``before_write`` runs once,
+    just before the first change (``erase eval`` records its report folder's names there).
+    """
     # 1. Check inputs and plan the work.
     records = load_prompts(config.prompts, seed=config.seed)
-    jobs = plan_jobs(records, config.images_per_prompt)
+    check_image_count(len(records), config.images_per_prompt)
+    _check_grid(config, len(records) * config.images_per_prompt)
     output = Path(config.output)
-    with output_lock(output, enabled=process_state().is_main_process):  # also refuses a file
-        return _generate_into(output, jobs, config, pipe)
+    check_outside(output, {"--prompts": config.prompts, "--model": config.model, "--model-config": config.model_config})
+    jobs = plan_jobs(records, config.images_per_prompt)
+    with output_lock(output, enabled=lock and process_state().is_main_process):  # also refuses a file
+        return _generate_into(output, jobs, config, pipe, before_write)
 
 
-def _generate_into(output: Path, jobs: list[ImageJob], config: GenerateConfig, pipe) -> GenerationResult:
+def _generate_into(output: Path, jobs: list[ImageJob], config: GenerateConfig, pipe, before_write) -> GenerationResult:
     state = process_state()
     world, rank, main = state.num_processes, state.process_index, state.is_main_process
     settings = asdict(config)
-    _check_settings(output, settings, config.overwrite)
-    if main:
-        remove_leftovers(output)  # temp files of a killed run
+    folder = OwnedFolder.inspect(output, "images")
+    restart = folder.marked and _settings_changed(output, settings, config.overwrite)
+    names = [MANIFEST_NAME, SETTINGS_NAME, *(job.file for job in jobs)] + (["grid.png"] if config.grid else [])
+    folder.check_claimable(names)
 
-    # 2. Skip what is already there (same file, same prompt and seed in the manifest).
-    existing = read_manifest(output)
+    # 2. Skip what is already there (our file, same prompt and seed in the manifest).
+    existing = {} if restart or not folder.marked else read_manifest(output)
     done = {
         job.file
         for job in jobs
-        if (output / job.file).is_file()
+        if folder.owns(job.file)
+        and (output / job.file).is_file()
         and existing.get(job.file, {}).get("prompt") == job.record.prompt
         and existing.get(job.file, {}).get("seed") == job.seed
     }
     todo = [job for job in jobs if job.file not in done]
-    if todo and pipe is None:  # load before writing anything, so a bad model leaves no folder behind
+    if todo and pipe is None:
         device = str(state.device) if world > 1 and config.device == "auto" else config.device
         pipe = load_pipeline(
             config.model,
@@ -206,24 +257,36 @@ def _generate_into(output: Path, jobs: list[ImageJob], config: GenerateConfig, p
             config=config.model_config,
             allow_pickle=config.allow_pickle,
         )
-    if pipe is not None and main and (warning := truncation_warning(pipe.tokenizer, [j.record.prompt for j in todo])):
-        print(warning, file=sys.stderr)
-    output.mkdir(parents=True, exist_ok=True)
-    if main:
-        write_json_atomic(output / SETTINGS_NAME, settings)
-    if not todo:
+    if pipe is not None:
+        check_sampler_steps(pipe, config.steps)
+        if main and (warning := truncation_warning(pipe.tokenizer, [j.record.prompt for j in todo])):
+            print(warning, file=sys.stderr)
+
+    def commit() -> None:
+        """The first change: everything above has been checked and the first batch drawn."""
         if main:
-            _write_manifest(output, jobs, done)
-        return GenerationResult(output, len(jobs), 0, len(jobs), 0.0, world)
+            if before_write is not None:
+                before_write()
+            if restart:
+                folder.remove()
+            folder.claim(names)
+            folder.remove_leftovers()  # temp files of a killed run
+            write_json_atomic(output / SETTINGS_NAME, settings)
+        if world > 1:
+            state.wait_for_everyone()
 
     # 3. Generate in rounds (one batch per process), writing each image and the manifest as we go.
     start = time.perf_counter()
-    bar = tqdm(total=len(todo), desc="generate", unit="img", disable=not (config.progress and main))
+    bar = tqdm(total=len(todo), desc="generate", unit="img", disable=not (config.progress and main and todo))
     per_round = config.batch_size * world
+    committed = False
     for first in range(0, len(todo), per_round):
         chunk = todo[first : first + per_round]
         mine = chunk[rank::world]
         images = generate_batch(pipe, mine, config) if mine else []
+        if not committed:
+            commit()
+            committed = True
         for job, image in zip(mine, images, strict=True):
             with atomic_path(output / job.file) as tmp:
                 image.save(tmp, format="PNG")
@@ -233,9 +296,17 @@ def _generate_into(output: Path, jobs: list[ImageJob], config: GenerateConfig, p
             _write_manifest(output, jobs, done)
         bar.update(len(chunk))
     bar.close()
+    if not committed:  # nothing to draw: the folder is already ours and complete
+        commit()
+        if main:
+            _write_manifest(output, jobs, done)
     state.wait_for_everyone()
     seconds = time.perf_counter() - start
-    return GenerationResult(output, len(jobs), len(todo), len(jobs) - len(todo), seconds, world)
+    grid = None
+    if config.grid and main:
+        paths = [output / job.file for job in jobs]
+        grid = save_grid(paths, output / "grid.png", columns=config.grid_columns, min_cell=64)
+    return GenerationResult(output, len(jobs), len(todo), len(jobs) - len(todo), seconds if todo else 0.0, world, grid)
 
 
 @torch.no_grad()

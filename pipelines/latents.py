@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -50,6 +51,21 @@ def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     return states
 
 
+def _read_cached_bank(path: Path, prompts: int, per_prompt: int) -> torch.Tensor | None:
+    """A cached bank, or None after discarding a damaged entry (cut by a full disk, changed by
+    hand) with a note: it is rebuilt, instead of breaking every later run with these settings."""
+    try:
+        latents = load_file(str(path))["latents"]
+        if latents.shape[:2] == (prompts, per_prompt) and bool(torch.isfinite(latents).all()):
+            return latents
+        problem = f"shape {tuple(latents.shape)} or values do not fit"
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        problem = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+    print(f"note: the cached latent bank {path} is damaged ({problem}); rebuilding it", file=sys.stderr)
+    path.unlink(missing_ok=True)
+    return None
+
+
 @torch.no_grad()
 def generate_latents(
     pipe,
@@ -79,7 +95,9 @@ def generate_latents(
     ).hexdigest()[:24]
     path = cache_dir() / "banks" / f"{key}.safetensors"
     if path.is_file():
-        return load_file(str(path))["latents"]
+        cached = _read_cached_bank(path, len(prompts), per_prompt)
+        if cached is not None:
+            return cached
     jobs = [(p, k) for p in range(len(prompts)) for k in range(per_prompt)]
     out = []
     bar = tqdm(total=len(jobs), desc=desc, unit="latent", disable=not progress)

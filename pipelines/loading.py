@@ -34,15 +34,41 @@ class ModelLoadError(InputError):
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device for ``--device``, refused in one line when this machine does not have it."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
-    except RuntimeError:
+    except (RuntimeError, ValueError):
         raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+    backends = {
+        "cpu": lambda: 1,
+        "cuda": lambda: torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "mps": lambda: int(getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()),
+        "xpu": lambda: torch.xpu.device_count() if hasattr(torch, "xpu") and torch.xpu.is_available() else 0,
+    }
+    if resolved.type not in backends:
+        raise InputError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    count = backends[resolved.type]()
+    if count == 0:
+        raise InputError(
+            f"device {device!r} asked for, but torch sees no {resolved.type} device here; use --device cpu"
+        )
+    if resolved.index is not None and resolved.index >= count and resolved.type != "cpu":
+        raise InputError(
+            f"device {device!r} asked for, but torch sees {count} {resolved.type} device(s); use 0 to {count - 1}"
+        )
     return resolved
+
+
+def check_sampler_steps(pipe, steps: int, option: str = "--steps") -> None:
+    """A sampler cannot take more steps than its scheduler has training timesteps (diffusers
+    raises a ValueError deep inside ``set_timesteps``)."""
+    limit = pipe.scheduler.config.get("num_train_timesteps", 1000)
+    if steps > limit:
+        raise InputError(
+            f"{option} {steps} is more than this model's scheduler has timesteps ({limit}); use at most {limit}"
+        )
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

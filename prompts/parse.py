@@ -22,6 +22,8 @@ SUFFIXES = (".txt", ".csv")
 
 
 def _read_text(path: Path) -> str:
+    if path.exists() and not path.is_file() and not path.is_dir():  # reading a FIFO would block forever
+        raise PromptFileError(path, None, "is not a regular file (a pipe or a device?); give a .txt or .csv file")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -64,7 +66,11 @@ def parse_txt(path: Path, text: str, seed: int = 0) -> list[PromptRecord]:
 
 
 def parse_csv(path: Path, text: str) -> list[PromptRecord]:
-    rows = list(csv.reader(io.StringIO(text)))
+    reader = csv.reader(io.StringIO(text))
+    try:
+        rows = list(reader)
+    except csv.Error as err:  # e.g. a field past the csv module's 131,072-character limit
+        raise PromptFileError(path, reader.line_num, f"malformed CSV ({err}); is this a prompt list?") from None
     # Keep each row's physical line number for messages (quoted fields may span lines; rare).
     if not rows or not any(cell.strip() for cell in rows[0]):
         raise PromptFileError(path, 1, f"no header; the first line must name the columns {', '.join(REQUIRED_COLUMNS)}")

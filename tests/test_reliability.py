@@ -128,10 +128,14 @@ def test_temp_files_of_a_killed_run_are_removed_on_restart(tiny_pipeline_dir, pr
     argv = ["generate", "--prompts", str(prompts_file), "--model", str(tiny_pipeline_dir), "--steps", "1"]
     argv += ["--output", str(out), "--no-progress", "--device", "cpu"]
     assert main(argv) == 0
-    (out / ".a-shape_000.png.k2j3.tmp").write_bytes(b"\x89PNG half")
+    (out / ".0_000.png.k2j3ab9x.tmp").write_bytes(b"\x89PNG half")
     (out / ".manifest.jsonl.x9.tmp").write_text('{"file": ')
+    users = [out / ".notes.txt.k2j3ab9x.tmp", out / ".backup.old", out / "sub" / ".0_000.png.k2j3ab9x.tmp"]
+    for path in users:  # not ours: another name, or below the top of the folder
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("mine")
     assert main(argv) == 0
-    assert not list(out.glob(".*.tmp"))
+    assert sorted([*out.rglob(".*.tmp"), *out.rglob(".*.old")]) == sorted(users)
 
 
 def test_a_cut_log_line_is_dropped_when_resuming(tmp_path):

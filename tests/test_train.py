@@ -199,9 +199,14 @@ def test_existing_output_is_refused_without_overwrite(tiny_pipeline_dir, retain_
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(InputError, match="already exists; use --resume"):
+    with pytest.raises(InputError, match="holds files that erase did not write"):
         loop.train(tiny_config(tiny_pipeline_dir, retain_file, out))
-    assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(InputError, match="holds files that erase did not write"):
+        loop.train(tiny_config(tiny_pipeline_dir, retain_file, out, overwrite=True))
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    run = loop.train(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "ours"))
+    with pytest.raises(InputError, match="already exists; use --resume"):
+        loop.train(tiny_config(tiny_pipeline_dir, retain_file, run))
 
 
 @pytest.mark.parametrize("flags", [["--method", "eupmu"], ["--method", "explicit", "--mask", "feasible"]])

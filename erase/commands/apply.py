@@ -2,7 +2,8 @@
 
     erase apply three-delta.safetensors --base default --output erased-three
 
-Refuses a delta whose tensor names or shapes do not match the base UNet.
+Refuses a delta whose tensor names or shapes do not match the base UNet, whose values are NaN,
+inf, integers or missing, or that was made from another base model (unless --force).
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", default="default", help="base model the delta was trained from (default: default)")
     parser.add_argument("--output", required=True, help="folder (diffusers) or .safetensors file (single-file)")
     parser.add_argument("--format", choices=["diffusers", "single-file"], default="diffusers")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--overwrite", action="store_true", help="replace an output erase wrote earlier")
+    parser.add_argument(
+        "--force", action="store_true", help="apply a delta although it was made from another base's weights"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    path = apply_delta(args.delta, args.base, args.output, fmt=args.format, overwrite=args.overwrite)
+    path = apply_delta(args.delta, args.base, args.output, fmt=args.format, overwrite=args.overwrite, force=args.force)
     print(f"delta applied to {args.base} → {path}")
     return 0

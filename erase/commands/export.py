@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN", help="run folder written by `erase train`")
     parser.add_argument("--format", choices=["diffusers", "single-file", "delta"], default="single-file")
     parser.add_argument("--output", required=True, help="folder (diffusers) or .safetensors file")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--overwrite", action="store_true", help="replace an output erase wrote earlier")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,15 +13,12 @@ import argparse
 from pathlib import Path
 
 from erase.config_args import add_dataclass_arguments, dataclass_from_args
-from pipelines.generate import MANIFEST_NAME, GenerateConfig, generate, read_manifest
-from pipelines.grid import save_grid
+from pipelines.generate import MANIFEST_NAME, GenerateConfig, generate
 from pipelines.processes import is_main_process
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, GenerateConfig)
-    parser.add_argument("--grid", action="store_true", help="also write grid.png, every image in manifest order")
-    parser.add_argument("--grid-columns", type=int, default=None, help="images per grid row (default: about √n)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,9 +32,6 @@ def run(args: argparse.Namespace) -> int:
         f"{result.generated} images generated, {result.skipped} already there "
         f"({result.seconds:.1f} s{rate}) → {Path(config.output) / MANIFEST_NAME}"
     )
-    if args.grid:
-        entries = list(read_manifest(Path(config.output)).values())
-        paths = [Path(config.output) / e["file"] for e in entries]
-        grid = save_grid(paths, Path(config.output) / "grid.png", columns=args.grid_columns, min_cell=64)
-        print(f"grid of {len(entries)} images → {grid}")
+    if result.grid is not None:
+        print(f"grid of {result.total} images → {result.grid}")
     return 0

@@ -15,9 +15,12 @@ Budget flags are in loss units per step (ε_abs, β_abs; see METHOD.md). Under
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from erase.config import TrainConfig
 from erase.config_args import add_dataclass_arguments, dataclass_from_layers, read_config_file
+from pipelines.lock import MARKER_NAME
+from pipelines.ownership import check_outside
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     file_values = read_config_file(args.config, TrainConfig) if args.config else {}
     config = dataclass_from_layers(TrainConfig, args, file_values)
+    args.output, args.marker_before = config.output, _marker_time(config.output)  # for resume_argv
+    check_outside(config.output, {"--config": args.config})
     output = train(config)
     from pipelines.processes import is_main_process
 
@@ -37,3 +42,22 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"erased model → {output} (log: {output / 'train_log.jsonl'})")
     return 0
+
+
+def _marker_time(output: str | Path) -> tuple[int, int] | None:
+    """The marker's identity: every rewrite is a new file (written aside, then renamed)."""
+    marker = Path(output) / MARKER_NAME
+    return (marker.stat().st_ino, marker.stat().st_mtime_ns) if marker.is_file() else None
+
+
+def resume_argv(args: argparse.Namespace, argv: list[str]) -> list[str]:
+    """The command that continues an interrupted run: once this run has written its first step
+    (it rewrote the folder's marker), with --resume and without --overwrite, which would start
+    afresh; before that, the same command."""
+    if not hasattr(args, "marker_before"):
+        return argv
+    output = Path(getattr(args, "output", None) or "")
+    now = _marker_time(output) if str(output) else None
+    if now is None or now == args.marker_before:
+        return argv
+    return [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
