@@ -153,7 +153,8 @@ def test_a_delta_from_another_base_needs_force(tiny_pipeline_dir, retain_file, t
     assert main(again) == 0
 
 
-def _interrupt(argv: list[str], after: float, env: dict) -> tuple[int, str]:
+def _interrupt(argv: list[str], env: dict, when) -> tuple[int, str]:
+    """Start ``erase`` in a child process, send SIGINT once ``when()`` is true, return (code, stderr)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "erase.cli", *argv],
         stderr=subprocess.PIPE,
@@ -161,36 +162,28 @@ def _interrupt(argv: list[str], after: float, env: dict) -> tuple[int, str]:
         text=True,
         env=env,
     )
-    time.sleep(after)
+    deadline = time.time() + 60
+    while not when() and time.time() < deadline:
+        time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     return process.returncode, err.strip()
 
 
 def test_ctrl_c_exits_130_with_one_line_and_the_resume_command(tiny_pipeline_dir, retain_file, tmp_path):
-    """SIGINT during start-up (imports) and during the run; the process is started the way a
-    shell starts a background job would not matter: erase installs its own handler."""
+    """SIGINT during start-up (importing torch) and during the run: exit 130, one line, and the
+    command that continues (with --resume once the run has written its first step)."""
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = tmp_path / "run"
     argv = train_argv(tiny_pipeline_dir, retain_file, out, "--steps", "100000", "--checkpoint-every", "1")
-    code, err = _interrupt(argv, 0.3, env)  # importing torch
+    start = time.time()
+    code, err = _interrupt(argv, env, lambda: time.time() - start > 0.3)
     assert code == 130 and "\n" not in err and err.startswith("erase train: interrupted; to continue, run: erase"), err
     assert not out.exists()  # nothing was written yet, so the hint is the same command
     assert "--resume" not in err
-    deadline = time.time() + 60
-    process = subprocess.Popen(
-        [sys.executable, "-m", "erase.cli", *argv],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    while not (out / "checkpoints").exists() and time.time() < deadline:
-        time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 130 and "\n" not in err.strip(), err
-    assert err.strip().endswith("--resume") and "Traceback" not in err, err
+    code, err = _interrupt(argv, env, lambda: (out / "checkpoints").exists())
+    assert code == 130 and "\n" not in err and "Traceback" not in err, err
+    assert err.endswith("--resume"), err
 
 
 USER_FILES = [
