@@ -24,7 +24,7 @@ from erase.params import PARAMETER_SETS, tensors_fingerprint
 from pipelines.files import atomic_path
 from pipelines.loading import load_pipeline
 from pipelines.lock import output_lock
-from pipelines.ownership import OwnedFolder, check_outside
+from pipelines.ownership import OwnedFolder, check_outside, is_within, pipeline_entries
 from pipelines.single_file import save_single_file
 from prompts import InputError
 
@@ -77,12 +77,6 @@ def _check_file_target(output: Path, overwrite: bool) -> None:
         )
 
 
-def _check_not_inside(output: Path, folder: Path, what: str) -> None:
-    out, inside = output.expanduser().resolve(), folder.expanduser().resolve()
-    if out == inside or inside in out.parents:
-        raise InputError(f"--output {output} lies inside {what} {folder}; choose a path outside it")
-
-
 def _write_pipeline_folder(output: Path, overwrite: bool, names: list[str], fill) -> Path:
     """A diffusers folder of ours: refused over a folder erase did not write (or holds a run,
     images, a report), replaced only with --overwrite, and then only erase's own entries."""
@@ -98,7 +92,8 @@ def _write_pipeline_folder(output: Path, overwrite: bool, names: list[str], fill
 def export_run(run: str | Path, fmt: ExportFormat, output: str | Path, overwrite: bool = False) -> Path:
     run, config = read_run(run)
     output = Path(output)
-    _check_not_inside(output, run, "the run folder")
+    if is_within(output, run):
+        raise InputError(f"--output {output} lies inside the run folder {run}; choose a path outside it")
     if fmt == "diffusers":
         items = [i for i in run.iterdir() if not i.name.startswith(".") and i.name != CHECKPOINTS]
 
@@ -179,7 +174,6 @@ def apply_delta(
     pipe.unet.load_state_dict(tensors, strict=False)
     if fmt == "single-file":
         return save_single_file(pipe, output, metadata=metadata | {"format": SINGLE_FILE_FORMAT})
-    names = ["model_index.json", *(n for n, c in pipe.components.items() if c is not None)]
     return _write_pipeline_folder(
-        output, overwrite, names, lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True)
+        output, overwrite, pipeline_entries(pipe), lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True)
     )

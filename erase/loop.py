@@ -31,7 +31,7 @@ from pipelines.files import write_json_atomic, write_text_atomic
 from pipelines.latents import encode_prompts, generate_latents
 from pipelines.loading import DEFAULT_MODEL_DIR, check_sampler_steps, load_pipeline
 from pipelines.lock import output_lock
-from pipelines.ownership import OwnedFolder, check_outside
+from pipelines.ownership import OwnedFolder, check_outside, pipeline_entries
 from pipelines.processes import is_main_process
 from pipelines.prompt_fit import require_whole
 from prompts import InputError, PromptRecord, load_prompts
@@ -117,8 +117,7 @@ class ErasureRun:
 
     def _names(self, pipe=None) -> list[str]:
         """Every top-level name a run writes (the pipeline's components once it is loaded)."""
-        components = [n for n, c in pipe.components.items() if c is not None] if pipe is not None else []
-        return [CONFIG_NAME, LOG_NAME, CHECKPOINTS, STAGING, "model_index.json", *components]
+        return [CONFIG_NAME, LOG_NAME, CHECKPOINTS, STAGING, *(pipeline_entries(pipe) if pipe else [])]
 
     def setup(self) -> None:
         cfg = self.config

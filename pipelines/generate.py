@@ -162,18 +162,19 @@ def read_manifest(output: Path) -> dict[str, dict]:
     return entries
 
 
-def _settings_changed(output: Path, settings: dict, overwrite: bool) -> bool:
-    """True when the folder's images were made with other settings (or its records are damaged)
-    and --overwrite says to start afresh; refuses without --overwrite. Reads only."""
+def _reusable_manifest(output: Path, settings: dict, overwrite: bool) -> dict[str, dict] | None:
+    """The manifest of a folder of ours whose images can be kept, or None when they were made
+    with other settings (or its records are damaged) and --overwrite says to start afresh;
+    refuses without --overwrite. Reads only."""
     path = output / SETTINGS_NAME
     try:
         old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         if not isinstance(old, dict):
             raise ValueError("not a table")
-        read_manifest(output)
+        entries = read_manifest(output)
     except (ValueError, UnicodeDecodeError, InputError) as err:
         if overwrite:
-            return True
+            return None
         what = str(err) if isinstance(err, InputError) else f"{path} is damaged (not valid JSON)"
         raise InputError(what.split(";")[0] + "; use --overwrite to start the folder afresh") from None
     changed = [k for k in _IMAGE_SETTINGS if k in old and old.get(k) != settings.get(k)]
@@ -183,7 +184,7 @@ def _settings_changed(output: Path, settings: dict, overwrite: bool) -> bool:
             f"{output} holds images made with {k}={old.get(k)!r}, not {settings.get(k)!r}; "
             "use another --output, or --overwrite to start afresh"
         )
-    return bool(changed)
+    return None if changed else entries
 
 
 def _write_manifest(output: Path, jobs: list[ImageJob], done: set[str]) -> None:
@@ -233,12 +234,13 @@ def _generate_into(output: Path, jobs: list[ImageJob], config: GenerateConfig, p
     world, rank, main = state.num_processes, state.process_index, state.is_main_process
     settings = asdict(config)
     folder = OwnedFolder.inspect(output, "images")
-    restart = folder.marked and _settings_changed(output, settings, config.overwrite)
+    existing = _reusable_manifest(output, settings, config.overwrite) if folder.marked else {}
+    restart = existing is None
     names = [MANIFEST_NAME, SETTINGS_NAME, *(job.file for job in jobs)] + (["grid.png"] if config.grid else [])
     folder.check_claimable(names)
 
     # 2. Skip what is already there (our file, same prompt and seed in the manifest).
-    existing = {} if restart or not folder.marked else read_manifest(output)
+    existing = existing or {}
     done = {
         job.file
         for job in jobs

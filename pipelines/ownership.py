@@ -192,15 +192,24 @@ class OwnedFolder:
         self.names, self.marked = names, True
 
 
+def pipeline_entries(pipe) -> list[str]:
+    """The top-level names ``save_pretrained`` writes for ``pipe``: its index and components."""
+    return ["model_index.json", *(name for name, part in pipe.components.items() if part is not None)]
+
+
+def is_within(path: str | Path, folder: str | Path) -> bool:
+    """True when ``path`` is ``folder`` or lies below it (symlinks and ``..`` resolved)."""
+    path, folder = Path(path).expanduser().resolve(), Path(folder).expanduser().resolve()
+    return path == folder or folder in path.parents
+
+
 def check_outside(output: str | Path, inputs: dict[str, str | Path | None], option: str = "--output") -> None:
     """Refuse an input that lives inside the output folder (a base model, a prompt list, a config):
     the command writes there, and ``--overwrite`` would delete it."""
-    out = Path(output).expanduser().resolve()
     for flag, spec in inputs.items():
         if spec is None or str(spec) == "default" or not Path(spec).expanduser().exists():
             continue
-        path = Path(spec).expanduser().resolve()
-        if path == out or out in path.parents:
+        if is_within(spec, output):
             raise InputError(
                 f"{flag} {spec} lies inside {option} {output}, which this command writes into; "
                 f"choose an {option} outside it"

@@ -46,18 +46,20 @@ def run(args: argparse.Namespace) -> int:
 
 def _marker_time(output: str | Path) -> tuple[int, int] | None:
     """The marker's identity: every rewrite is a new file (written aside, then renamed)."""
-    marker = Path(output) / MARKER_NAME
-    return (marker.stat().st_ino, marker.stat().st_mtime_ns) if marker.is_file() else None
+    try:
+        info = (Path(output) / MARKER_NAME).stat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns
 
 
 def resume_argv(args: argparse.Namespace, argv: list[str]) -> list[str]:
     """The command that continues an interrupted run: once this run has written its first step
     (it rewrote the folder's marker), with --resume and without --overwrite, which would start
     afresh; before that, the same command."""
-    if not hasattr(args, "marker_before"):
+    if not hasattr(args, "marker_before"):  # interrupted before the config was read
         return argv
-    output = Path(getattr(args, "output", None) or "")
-    now = _marker_time(output) if str(output) else None
+    now = _marker_time(args.output)
     if now is None or now == args.marker_before:
         return argv
     return [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
