@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from erase.checkpoint import CHECKPOINTS
 from erase.params import PARAMETER_SETS, tensors_fingerprint
+from pipelines.families import family_of
 from pipelines.files import atomic_path
 from pipelines.loading import load_pipeline
 from pipelines.lock import output_lock
@@ -105,7 +106,9 @@ def export_run(run: str | Path, fmt: ExportFormat, output: str | Path, overwrite
     _check_file_target(output, overwrite)
     pipe = load_pipeline(run, device="cpu")
     if fmt == "single-file":
-        return save_single_file(pipe, output, metadata=_metadata(config, SINGLE_FILE_FORMAT))
+        return save_single_file(
+            pipe, output, metadata=_metadata(config, SINGLE_FILE_FORMAT), layout=family_of(pipe).to_original
+        )
     chosen = PARAMETER_SETS[config["parameters"]]
     tensors = {k: v.contiguous() for k, v in pipe.unet.state_dict().items() if chosen(k)}
     with atomic_path(output) as tmp:
@@ -173,7 +176,9 @@ def apply_delta(
         )
     pipe.unet.load_state_dict(tensors, strict=False)
     if fmt == "single-file":
-        return save_single_file(pipe, output, metadata=metadata | {"format": SINGLE_FILE_FORMAT})
+        return save_single_file(
+            pipe, output, metadata=metadata | {"format": SINGLE_FILE_FORMAT}, layout=family_of(pipe).to_original
+        )
     return _write_pipeline_folder(
         output, overwrite, pipeline_entries(pipe), lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True)
     )

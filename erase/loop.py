@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from diffusers import DDIMScheduler, DDPMScheduler
 from tqdm.auto import tqdm
 
 from erase import losses
@@ -27,11 +26,13 @@ from erase.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, sa
 from erase.config import TrainConfig
 from erase.mask import FeasibleMask
 from erase.params import select_parameters, tensors_fingerprint
+from erase.xt_sources import X_SOURCES, Draw
+from pipelines.families import family_of
 from pipelines.files import write_json_atomic, write_text_atomic
-from pipelines.latents import encode_prompts, generate_latents
 from pipelines.loading import DEFAULT_MODEL_DIR, check_sampler_steps, load_pipeline
 from pipelines.lock import output_lock
 from pipelines.ownership import OwnedFolder, check_outside, pipeline_entries
+from pipelines.prediction import EpsilonSpace
 from pipelines.processes import is_main_process
 from pipelines.prompt_fit import require_whole
 from prompts import InputError, PromptRecord, load_prompts
@@ -137,37 +138,16 @@ class ErasureRun:
         require_whole(pipe.tokenizer, [a for a in self.anchor_prompts if a], "anchor prompt")
         show = cfg.progress and self.accelerator.is_local_main_process
 
-        # Prompt embeddings, once: forget and retain (F or R, 77, D), and each forget prompt's
-        # anchor ("" = unconditional).
-        self.embeddings = {
-            "forget": encode_prompts(pipe, self.forget_prompts),
-            "retain": encode_prompts(pipe, self.retain_prompts) if self.retain_prompts else None,
-        }
-        self.emb_anchor = encode_prompts(pipe, self.anchor_prompts)
-
-        # Where x_t comes from: the latent bank (x_0 from the frozen model, cached on disk), or
-        # ESD's slow path, sampling with the model being trained down to t at every step.
-        self.banks = {}
-        if cfg.x_source == "bank":
-            bank = dict(
-                per_prompt=cfg.bank_size, seed=cfg.seed, steps=cfg.bank_steps, guidance=cfg.bank_guidance, progress=show
-            )
-            self.banks["forget"] = generate_latents(pipe, self.forget_prompts, desc="forget bank", **bank).to(device)
-            if self.retain_prompts:
-                self.banks["retain"] = generate_latents(pipe, self.retain_prompts, desc="retain bank", **bank).to(
-                    device
-                )
-        else:
-            self.sampler = DDIMScheduler.from_config(pipe.scheduler.config)
-            self.sampler.set_timesteps(cfg.bank_steps)
-            self.emb_null = encode_prompts(pipe, [""])
-            times = self.sampler.timesteps.tolist()
-            self.sample_stops = [k for k, t in enumerate(times) if cfg.t_min <= t <= cfg.t_max]
-            if not self.sample_stops:
-                raise InputError(
-                    f"no sampler timestep of --bank-steps {cfg.bank_steps} lies in --t-min..--t-max "
-                    f"({cfg.t_min}..{cfg.t_max}); widen the range or use more steps"
-                )
+        # Conditioning, once: what the UNet needs besides (x_t, t) for every forget and retain
+        # prompt and each forget prompt's anchor ("" = the family's unconditional input).
+        self.family = family_of(pipe)
+        self.conditions = {"forget": self.family.encode(pipe, self.forget_prompts)}
+        if self.retain_prompts:
+            self.conditions["retain"] = self.family.encode(pipe, self.retain_prompts)
+        self.anchors = self.family.encode(pipe, self.anchor_prompts)
+        self.space = EpsilonSpace(pipe.scheduler)
+        prompts = {"forget": self.forget_prompts, "retain": self.retain_prompts}
+        self.x_source = X_SOURCES[cfg.x_source](pipe, self.family, prompts, self.conditions, cfg, show)
 
         # Frozen copy and trainable UNet.
         self.frozen = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
@@ -178,7 +158,6 @@ class ErasureRun:
         optimizer = torch.optim.Adam([p for _, p in named], lr=cfg.learning_rate)
         self.unet, self.optimizer = self.accelerator.prepare(unet.train(), optimizer)
         self.params = [p for _, p in named]
-        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.balancer = build_balancer(
             cfg.method,
             BalancerSettings(
@@ -213,6 +192,7 @@ class ErasureRun:
                     "anchor_prompts": self.anchor_prompts,
                     "retain_prompts": self.retain_prompts,
                     "base_model": recorded_base(cfg.model),
+                    "base_model_config": recorded_base(cfg.model_config) if cfg.model_config else None,
                     "base_fingerprint": self.base_fingerprint,
                 },
             )
@@ -267,76 +247,43 @@ class ErasureRun:
         self.start_step = step
 
     # 2. One step ----------------------------------------------------------------------------
-    def _draw(self, kind: str, batch: int):
-        """(x_t, t, noise, prompt states, prompt rows) for ``batch`` random ``kind`` prompts."""
-        if not self.banks:
-            return self._sample_to_t(kind, batch)
-        bank, embeddings = self.banks[kind], self.embeddings[kind]
-        prompts, per_prompt = bank.shape[:2]
-        index = torch.randint(0, prompts * per_prompt, (batch,), generator=self.generator)
-        t = torch.randint(self.config.t_min, self.config.t_max + 1, (batch,), generator=self.generator)
-        noise = torch.randn((batch, *bank.shape[2:]), generator=self.generator)
-        device = bank.device
-        x0 = bank.flatten(0, 1)[index.to(device)]
-        t, noise = t.to(device), noise.to(device, x0.dtype)
-        x_t = self.noise_scheduler.add_noise(x0, noise, t)  # (B, 4, h, w)
-        rows = (index // per_prompt).to(device)
-        return x_t, t, noise, embeddings[rows], rows
+    def _draw(self, kind: str, batch: int) -> Draw:
+        return self.x_source.draw(kind, batch, self.generator, self._denoise_current)
 
-    @torch.no_grad()
-    def _sample_to_t(self, kind: str, batch: int):
-        """ESD's path: DDIM-sample with the current (trainable) UNet from pure noise down to a
-        random sampler step whose timestep lies in [t_min, t_max]; every row shares that t."""
-        cfg, embeddings = self.config, self.embeddings[kind]
-        device = embeddings.device
-        timesteps, stops = self.sampler.timesteps, self.sample_stops
-        stop = stops[int(torch.randint(0, len(stops), (1,), generator=self.generator))]
-        rows = torch.randint(0, embeddings.shape[0], (batch,), generator=self.generator).to(device)
-        unet = self.accelerator.unwrap_model(self.unet)
-        shape = (batch, unet.config.in_channels, *self._latent_size())
-        latents = (torch.randn(shape, generator=self.generator) * self.sampler.init_noise_sigma).to(device)
-        states = embeddings[rows]
-        both = torch.cat([self.emb_null.expand(batch, -1, -1), states])
-        with self.accelerator.autocast():
-            for t in timesteps[:stop]:
-                uncond, cond = unet(torch.cat([latents] * 2), t, both).sample.float().chunk(2)
-                eps = uncond + cfg.bank_guidance * (cond - uncond)
-                latents = self.sampler.step(eps, t, latents).prev_sample
-        t = timesteps[stop].to(device).expand(batch)
-        return latents, t, None, states, rows
-
-    def _latent_size(self) -> tuple[int, int]:
-        size = self.pipe.unet.config.sample_size
-        return (size, size) if isinstance(size, int) else tuple(size)
-
-    def _frozen_retain_target(self, x_t, t, states):
+    def _denoise_current(self, x_t, t, cond):
+        """The trainable UNet's raw output, no grad (the sample-to-t source samples with it)."""
         with torch.no_grad(), self.accelerator.autocast():
-            return self.frozen(x_t, t, states).sample
+            return self.accelerator.unwrap_model(self.unet)(x_t, t, **cond.unet_kwargs()).sample
+
+    def _epsilon(self, model, draw: Draw, cond=None) -> torch.Tensor:
+        """``model``'s prediction on ``draw`` in ε units (float32), under the draw's conditioning or
+        ``cond``: every loss is computed there, so ε- and v-prediction models share loss units."""
+        cond = draw.cond if cond is None else cond
+        with self.accelerator.autocast():
+            output = model(draw.x_t, draw.t, **cond.unet_kwargs()).sample
+        return self.space(output.float(), draw.x_t.float(), draw.t)
+
+    def _frozen_epsilon(self, draw: Draw, cond=None) -> torch.Tensor:
+        with torch.no_grad():
+            return self._epsilon(self.frozen, draw, cond)
 
     def _retain_loss(self, batch, part: torch.Tensor | None = None) -> torch.Tensor:
         """ℓ_r of the trainable UNet on the batch's retain latents (or the rows in ``part``)."""
-        x_r, t_r, _, states_r, _ = batch["retain"]
-        target = batch["retain_target"]
+        draw, target = batch["retain"], batch["retain_target"]
         if part is not None:
-            x_r, t_r, states_r, target = x_r[part], t_r[part], states_r[part], target[part]
-        with self.accelerator.autocast():
-            return losses.retain_loss(self.unet(x_r, t_r, states_r).sample.float(), target.float())
+            draw, target = draw[part], target[part]
+        return losses.retain_loss(self._epsilon(self.unet, draw), target)
 
     def _step_losses(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.config
-        x_f, t_f, _, states_f, rows = batch["forget"]
-        with torch.no_grad(), self.accelerator.autocast():
-            eps_anchor = self.frozen(x_f, t_f, self.emb_anchor[rows]).sample
-            if cfg.loss == "negative-guidance":
-                eps_concept = self.frozen(x_f, t_f, states_f).sample
-        with self.accelerator.autocast():
-            eps_forget = self.unet(x_f, t_f, states_f).sample
-            if cfg.loss == "negative-guidance":
-                loss_u = losses.negative_guidance_loss(
-                    eps_forget.float(), eps_anchor.float(), eps_concept.float(), cfg.eta
-                )
-            else:
-                loss_u = losses.anchor_loss(eps_forget.float(), eps_anchor.float())
+        draw = batch["forget"]
+        eps_anchor = self._frozen_epsilon(draw, self.anchors[draw.rows])
+        eps_forget = self._epsilon(self.unet, draw)
+        if cfg.loss == "negative-guidance":
+            eps_concept = self._frozen_epsilon(draw)
+            loss_u = losses.negative_guidance_loss(eps_forget, eps_anchor, eps_concept, cfg.eta)
+        else:
+            loss_u = losses.anchor_loss(eps_forget, eps_anchor)
         loss_r = self._retain_loss(batch) if "retain" in batch else None
         return loss_u, loss_r
 
@@ -361,8 +308,8 @@ class ErasureRun:
     def _retain_gradient_samples(self, batch) -> torch.Tensor:
         """(m, n) retain gradients over m micro-batches, for the feasible mask."""
         samples = []
-        rows = batch["retain"][0].shape[0]
-        for part in torch.arange(rows, device=batch["retain"][0].device).chunk(self.mask.micro_batches):
+        draw = batch["retain"]
+        for part in torch.arange(len(draw.rows), device=draw.x_t.device).chunk(self.mask.micro_batches):
             self.optimizer.zero_grad(set_to_none=True)
             self._backward(self._retain_loss(batch, part))
             samples.append(flat_grad(self.params))
@@ -372,10 +319,9 @@ class ErasureRun:
     def train_step(self) -> dict:
         cfg = self.config
         batch = {"forget": self._draw("forget", cfg.batch_size)}
-        if self.embeddings["retain"] is not None:
+        if "retain" in self.conditions:
             batch["retain"] = self._draw("retain", cfg.batch_size)
-            x_r, t_r, _, states_r, _ = batch["retain"]
-            batch["retain_target"] = self._frozen_retain_target(x_r, t_r, states_r)
+            batch["retain_target"] = self._frozen_epsilon(batch["retain"])
         samples = self._retain_gradient_samples(batch) if self.mask is not None else None
 
         self.optimizer.zero_grad(set_to_none=True)

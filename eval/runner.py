@@ -20,7 +20,7 @@ from eval.images import load_images
 from eval.judges import build_judge
 from eval.metrics import METRICS, EvalContext, ModelImages, rows_showing
 from pipelines.generate import GenerateConfig, check_image_count, generate, read_manifest, safe_name
-from pipelines.loading import DEFAULT_MODEL_DIR, check_model_exists
+from pipelines.loading import DEFAULT_MODEL_DIR, check_model
 from pipelines.lock import output_lock
 from pipelines.ownership import OwnedFolder, check_outside
 from pipelines.processes import process_state
@@ -38,9 +38,10 @@ class RunInfo:
     base: str | None
     forget_prompts: list[str]
     log: Path | None
+    base_config: str | None = None  # the --model-config the run's single-file base was loaded with
 
 
-def read_run(spec: str) -> RunInfo:
+def read_run(spec: str, allow_pickle: bool = False) -> RunInfo:
     """A run folder's model, base and forget prompts; any other model spec stands alone. The
     name (a folder under images/) is made file-safe: a spec like ``..`` cannot escape --output."""
     path = Path(spec)
@@ -55,9 +56,14 @@ def read_run(spec: str) -> RunInfo:
             ) from None
         log = path / "train_log.jsonl"
         return RunInfo(
-            name, spec, config.get("base_model"), config.get("forget_prompts", []), log if log.is_file() else None
+            name,
+            spec,
+            config.get("base_model"),
+            config.get("forget_prompts", []),
+            log if log.is_file() else None,
+            config.get("base_model_config"),
         )
-    check_model_exists(spec)
+    check_model(spec, allow_pickle=allow_pickle)
     return RunInfo(name, spec, None, [], None)
 
 
@@ -121,7 +127,7 @@ def _evaluate(config: EvalConfig) -> Evaluation:
     inputs |= {"--classifier": config.classifier, "--clip-weights": config.clip_weights}
     inputs |= {"--fid-weights": config.fid_weights, "--real-images": config.real_images}
     check_outside(output, inputs | {f"run {spec}": spec for spec in config.runs})
-    runs = [read_run(spec) for spec in config.runs]
+    runs = [read_run(spec, config.allow_pickle) for spec in config.runs]
     _unique_names(runs)
     bases = {r.base for r in runs if r.base}
     base = config.base or (bases.pop() if len(bases) == 1 else None)
@@ -129,7 +135,8 @@ def _evaluate(config: EvalConfig) -> Evaluation:
         raise InputError(
             "runs record different base models" if len(bases) > 1 else "no base model recorded; give --base MODEL"
         )
-    check_model_exists(base)
+    base_config = config.model_config or next((r.base_config for r in runs if r.base == base and r.base_config), None)
+    check_model(base, base_config, config.allow_pickle)
     prompts = config.prompts or ("default/digits" if _is_default(base) else None)
     if prompts is None:
         raise InputError("give --prompts: a CSV with class and/or style columns saying what each prompt shows")
@@ -179,7 +186,7 @@ def _evaluate(config: EvalConfig) -> Evaluation:
                 dtype=config.dtype,
                 device=config.device,
                 allow_pickle=config.allow_pickle,
-                model_config=config.model_config,
+                model_config=base_config if is_base else config.model_config,
                 overwrite=config.overwrite,
                 progress=config.progress,
             ),

@@ -3,27 +3,38 @@
 A model spec is tried, in order, as:
   1. ``default``: the embedded tiny model shipped in ``pipelines/default/model``;
   2. a local diffusers pipeline folder (has ``model_index.json``);
-  3. a single-file checkpoint (``.safetensors``; pickles only with ``allow_pickle``);
+  3. a single-file checkpoint (``.safetensors``; pickles only with ``allow_pickle``) in the
+     original SD 1.x / 2.x / SDXL layout, its family told by its keys;
   4. a model id already in the local Hugging Face cache.
-Nothing is downloaded. When nothing matches, one ``ModelLoadError`` says what was tried.
+The family (``pipelines/families``) picks the diffusers pipeline class. Nothing is downloaded: a
+single file without ``--model-config`` uses the standard configs shipped in the package.
+When nothing matches, one ``ModelLoadError`` says what was tried.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import shutil
 from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import StableDiffusionPipeline
 from packaging import version
+from safetensors import safe_open
 
+from pipelines.families import Family, UnsupportedFamilyError, family_of_folder, family_of_keys
+from pipelines.files import atomic_folder
+from pipelines.latents import cache_dir
+from pipelines.tokenizer import write_clip_tokenizer_files
 from prompts.errors import InputError
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default" / "model"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SINGLE_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# names a UNet-only state dict starts with (original or diffusers layout)
+_UNET_PREFIXES = ("model.diffusion_model.", "down_blocks.", "up_blocks.", "mid_block.", "conv_in.", "time_embedding.")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # diffusers 0.42 renamed `torch_dtype` to `dtype` (the old name still works, with a warning).
 _DTYPE_KWARG = "dtype" if version.parse(diffusers.__version__) >= version.parse("0.42") else "torch_dtype"
@@ -85,58 +96,145 @@ def _hf_cache_dir() -> Path:
     return Path(HF_HUB_CACHE)
 
 
-def _from_folder(folder: Path, dtype: torch.dtype) -> StableDiffusionPipeline:
+def _load_error(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def _family_of_folder(folder: Path) -> Family:
+    try:
+        return family_of_folder(folder)
+    except UnsupportedFamilyError as err:
+        raise ModelLoadError(f"{folder}: {err}") from None
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        problem = _load_error(err)
+        raise ModelLoadError(f"{folder}/model_index.json is damaged ({problem}); save the pipeline again") from None
+
+
+def _from_folder(folder: Path, dtype: torch.dtype):
     if not (folder / "model_index.json").is_file():
         raise ModelLoadError(
             f"{folder} is a folder but not a diffusers pipeline (no model_index.json); "
             "point --model at a folder saved by diffusers' save_pretrained"
         )
+    family = _family_of_folder(folder)
     try:
-        return StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, **{_DTYPE_KWARG: dtype})
+        return family.pipeline_class.from_pretrained(folder, local_files_only=True, **{_DTYPE_KWARG: dtype})
     except (OSError, ValueError, KeyError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(
-            f"{folder} is an incomplete or damaged pipeline folder ({first}); "
+            f"{folder} is an incomplete or damaged pipeline folder ({_load_error(err)}); "
             "check that every component folder named in model_index.json is there"
         ) from None
 
 
-def _from_single_file(path: Path, dtype: torch.dtype, config: str | Path | None, allow_pickle: bool):
-    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
-        raise ModelLoadError(
-            f"{path} is a pickle checkpoint, which can run code when loaded; convert it to "
-            ".safetensors, or pass --allow-pickle if you trust it (it is then read with weights_only=True)"
-        )
-    config_dir = None if config is None else _config_folder(config)
-    kwargs = {_DTYPE_KWARG: dtype, "local_files_only": True}
-    if config_dir is not None:
-        kwargs["config"] = str(config_dir)
+def single_file_keys(path: Path, allow_pickle: bool) -> set[str]:
+    """The tensor names of a single-file checkpoint, read without loading its tensors where the
+    format allows (safetensors' header; a pickle is memory-mapped)."""
     try:
-        pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
-    except Exception as err:  # diffusers raises many types here; all mean "cannot read this file"
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            if not allow_pickle:
+                raise ModelLoadError(
+                    f"{path} is a pickle checkpoint, which can run code when loaded; convert it to "
+                    ".safetensors, or pass --allow-pickle if you trust it (it is then read with weights_only=True)"
+                )
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else {}
+            return set(state)
+        with safe_open(str(path), "pt") as handle:
+            return set(handle.keys())
+    except ModelLoadError:
+        raise
+    except Exception as err:  # safetensors and torch raise many types here; all mean "unreadable"
+        raise ModelLoadError(f"could not read single-file checkpoint {path} ({_load_error(err)})") from None
+
+
+def single_file_family(path: Path, config: str | Path | None, allow_pickle: bool) -> tuple[Family, Path | None]:
+    """(family, --model-config folder or None) for a single file: the family comes from
+    --model-config when given (and must agree with the file's keys), else from the keys; None
+    means the standard model's configs shipped in the package, so nothing is looked up on a hub."""
+    keys = single_file_keys(path, allow_pickle)
+    try:
+        from_keys = family_of_keys(keys)
+    except UnsupportedFamilyError as err:
+        raise ModelLoadError(f"{path}: {err}") from None
+    if config is not None:
+        folder = _config_folder(config)
+        family = _family_of_folder(folder)
+        if from_keys is not None and from_keys.pipeline_class_name != family.pipeline_class_name:
+            raise ModelLoadError(
+                f"{path} holds a {from_keys.title} checkpoint but --model-config {config} is a {family.title} "
+                "pipeline; give a --model-config of the same family, or drop it"
+            )
+        return family, folder
+    if from_keys is None:
         hint = (
-            "pass --model-config with a diffusers folder of the same architecture "
-            "(e.g. `default`, or a local SD 1.5 folder)"
-            if config_dir is None
-            else f"is it a Stable Diffusion checkpoint with the architecture of {config_dir}?"
+            "it holds only UNet weights: apply them to a base model with `erase apply`"
+            if keys and all(k.startswith(_UNET_PREFIXES) for k in keys)
+            else "pass --model-config with a diffusers folder of its architecture"
         )
-        raise ModelLoadError(f"could not load single-file checkpoint {path} ({first}); {hint}") from None
+        raise ModelLoadError(
+            f"{path} is not a whole Stable Diffusion checkpoint in the original layout "
+            f"(no SD 1.x, 2.x or SDXL text-encoder keys); {hint}"
+        )
+    return from_keys, None
+
+
+def shipped_config_folder(family: Family) -> Path:
+    """The family's standard configs as a diffusers folder (no weights) in the cache, with the
+    tokenizer vocabulary written from open_clip's BPE: shipping it would add 2 MB per tokenizer."""
+    source = family.config_dir
+    files = sorted(p for p in source.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(source)).encode() + file.read_bytes())
+    target = cache_dir() / "configs" / f"{family.shipped_config}-{digest.hexdigest()[:12]}"
+    if (target / "model_index.json").is_file():
+        return target
+
+    with atomic_folder(target, overwrite=True) as tmp:
+        for file in files:
+            (tmp / file.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, tmp / file.relative_to(source))
+        for name in family.tokenizer_pads:
+            write_clip_tokenizer_files(tmp / name, config=False)
+    return target
+
+
+def _from_single_file(path: Path, dtype: torch.dtype, config: str | Path | None, allow_pickle: bool):
+    family, config_dir = single_file_family(path, config, allow_pickle)
+    shipped = config_dir is None
+    config_dir = shipped_config_folder(family) if shipped else config_dir
+    kwargs = {_DTYPE_KWARG: dtype, "local_files_only": True, "config": str(config_dir)}
+    try:
+        pipe = family.pipeline_class.from_single_file(str(path), **kwargs)
+    except Exception as err:  # diffusers raises many types here; all mean "cannot read this file"
+        hint = (
+            f"its keys are those of {family.title}, but its tensors do not fit the standard "
+            f"{family.title} architecture shipped with erase: pass --model-config with a diffusers folder "
+            "of its architecture"
+            if shipped
+            else f"is it a {family.title} checkpoint with the architecture of {config_dir}?"
+        )
+        raise ModelLoadError(f"could not load single-file checkpoint {path} ({_load_error(err)}); {hint}") from None
     return pipe
 
 
 def _config_folder(config: str | Path) -> Path:
-    folder = DEFAULT_MODEL_DIR if str(config) == "default" else Path(config)
+    folder = DEFAULT_MODEL_DIR if str(config) == "default" else Path(config).expanduser()
     if not (folder / "model_index.json").is_file():
         raise ModelLoadError(f"--model-config {config} is not a diffusers pipeline folder (no model_index.json)")
     return folder
 
 
-def _from_cache(model_id: str, dtype: torch.dtype) -> StableDiffusionPipeline | None:
+def _from_cache(model_id: str, dtype: torch.dtype):
+    """A model id whose snapshot is complete in the local Hugging Face cache, or None."""
+    from huggingface_hub import snapshot_download
+
     try:
-        return StableDiffusionPipeline.from_pretrained(model_id, local_files_only=True, **{_DTYPE_KWARG: dtype})
-    except (OSError, ValueError):
+        folder = Path(snapshot_download(model_id, local_files_only=True))
+    except Exception:  # not cached (or only partly): the caller says what was tried
         return None
+    return _from_folder(folder, dtype)
 
 
 def check_model_exists(model: str | Path) -> None:
@@ -151,6 +249,19 @@ def check_model_exists(model: str | Path) -> None:
     )
 
 
+def check_model(model: str | Path, config: str | Path | None = None, allow_pickle: bool = False) -> None:
+    """Refuse, before any work starts, a model spec that names nothing or a family erase does not
+    erase from. Reads only ``model_index.json`` or a single file's tensor names."""
+    check_model_exists(model)
+    path = Path(str(model)).expanduser()
+    if str(model) == "default" or not path.exists():
+        return  # the embedded model, or a hub id looked up when loading
+    if path.is_dir() and (path / "model_index.json").is_file():
+        _family_of_folder(path)
+    elif path.is_file() and path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        single_file_family(path, config, allow_pickle)
+
+
 def load_pipeline(
     model: str | Path = "default",
     *,
@@ -158,7 +269,7 @@ def load_pipeline(
     device: str = "auto",
     config: str | Path | None = None,
     allow_pickle: bool = False,
-) -> StableDiffusionPipeline:
+):
     """Load ``model`` offline onto ``device``; see the module docstring for what ``model`` may be."""
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)

@@ -1,13 +1,26 @@
-"""Write a diffusers SD pipeline as one original-layout (CompVis/ldm) ``.safetensors`` file.
+"""Write a diffusers SD pipeline as one original-layout (CompVis/ldm/sgm) ``.safetensors`` file.
 
-That layout (``model.diffusion_model.*``, ``first_stage_model.*``,
-``cond_stage_model.transformer.*``) is what other Stable Diffusion tools read and what
-``StableDiffusionPipeline.from_single_file`` converts back. The key map is derived from the
-UNet/VAE configs rather than hard-coded for SD 1.5's four levels, so tiny models convert too.
+That layout is what A1111 and ComfyUI read and what diffusers' ``from_single_file`` converts back.
+The UNet and VAE are shared by every family (``model.diffusion_model.*``, ``first_stage_model.*``);
+the text encoders differ:
+
+- SD 1.x: OpenAI CLIP in Hugging Face layout under ``cond_stage_model.transformer.text_model.*``;
+- SD 2.x: OpenCLIP ViT-H in OpenCLIP layout under ``cond_stage_model.model.*``;
+- SDXL: CLIP in HF layout under ``conditioner.embedders.0.transformer.text_model.*`` and OpenCLIP
+  ViT-bigG in OpenCLIP layout under ``conditioner.embedders.1.model.*``.
+
+Pure building blocks (``unet_to_original``, ``vae_to_original``, ``clip_to_original``,
+``openclip_to_original``) rename one component's state dict; one layout function per family
+(``sd1_original``, ``sd2_original``, ``sdxl_original``) assembles them, and ``save_single_file``
+is told which to use by its caller (the family registry), so this module never guesses a family.
+The key maps are derived from the UNet/VAE configs rather than hard-coded for SD 1.5's four
+levels, so tiny models convert too.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,7 +30,10 @@ from pipelines.files import atomic_path
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-TEXT_PREFIX = "cond_stage_model.transformer."
+SD1_TEXT_PREFIX = "cond_stage_model.transformer."
+SD2_TEXT_PREFIX = "cond_stage_model.model."
+SDXL_TEXT_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_TEXT_2_PREFIX = "conditioner.embedders.1.model."
 
 _UNET_FIXED = {
     "time_embedding.linear_1.": "time_embed.0.",
@@ -34,6 +50,8 @@ _UNET_RESNET = {
     "time_emb_proj.": "emb_layers.1.",
     "conv_shortcut.": "skip_connection.",
 }
+# SDXL's text-time embedding is ldm's `label_emb` (a Sequential: Linear, SiLU, Linear).
+_UNET_ADDED_EMBEDDING = {"add_embedding.linear_1.": "label_emb.0.0.", "add_embedding.linear_2.": "label_emb.0.2."}
 _VAE_ATTENTION = {"group_norm.": "norm.", "to_q.": "q.", "to_k.": "k.", "to_v.": "v.", "to_out.0.": "proj_out."}
 
 
@@ -52,6 +70,8 @@ def unet_key_map(config) -> dict[str, str]:
         raise ValueError("per-level layers_per_block is not supported by the single-file writer")
     levels = len(config.block_out_channels)
     prefixes = dict(_UNET_FIXED)
+    if config.addition_embed_type == "text_time":
+        prefixes.update(_UNET_ADDED_EMBEDDING)
     slot = 1
     for i in range(levels):
         for j in range(layers):
@@ -132,21 +152,144 @@ def vae_to_original(state: dict[str, torch.Tensor], config) -> dict[str, torch.T
     return out
 
 
-def pipeline_to_original(pipe) -> dict[str, torch.Tensor]:
-    """The whole pipeline's weights in the original single-file layout."""
-    state = {}
-    state.update(unet_to_original(pipe.unet.state_dict(), pipe.unet.config))
+_OPENCLIP_FIXED = {
+    "embeddings.token_embedding.weight": "token_embedding.weight",
+    "embeddings.position_embedding.weight": "positional_embedding",  # a bare Parameter in OpenCLIP
+    "final_layer_norm.weight": "ln_final.weight",
+    "final_layer_norm.bias": "ln_final.bias",
+}
+_OPENCLIP_BLOCK = {
+    "layer_norm1.": "ln_1.",
+    "layer_norm2.": "ln_2.",
+    "self_attn.out_proj.": "attn.out_proj.",
+    "mlp.fc1.": "mlp.c_fc.",
+    "mlp.fc2.": "mlp.c_proj.",
+}
+# OpenCLIP uses torch's nn.MultiheadAttention, which holds q, k, v as one matrix in this order.
+_PACKED_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
+_ENCODER_LAYER = re.compile(r"encoder\.layers\.(\d+)\.(.+)")
+
+
+def _bare_text_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CLIP text weights without the ``text_model.`` level.
+
+    transformers 5 dropped that level from ``CLIPTextModel`` but ``CLIPTextModelWithProjection``
+    keeps it; stripping it lets both encoders (and both transformers versions) share one path.
+    """
+    return {key.removeprefix("text_model."): tensor for key, tensor in state.items()}
+
+
+def clip_to_original(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """A ``CLIPTextModel`` in the Hugging Face layout the original SD 1.x / SDXL files embed.
+
+    Those files always name the weights ``{prefix}text_model.*``, whatever transformers version
+    made the model, so the level is put back here.
+    """
+    out = {}
+    for key, tensor in _bare_text_keys(state).items():
+        if key.startswith("text_projection."):
+            raise ValueError(f"{key!r}: the HF-layout text encoder of an original file has no projection")
+        out[f"{prefix}text_model.{key}"] = tensor
+    return out
+
+
+def _openclip_block_key(rest: str) -> str:
+    """One encoder layer's diffusers name (after ``encoder.layers.{i}.``) → its OpenCLIP name."""
+    renamed = _rename(rest, _OPENCLIP_BLOCK)
+    if renamed is None:
+        raise ValueError(f"text encoder key {rest!r} has no place in the OpenCLIP layout")
+    return renamed[0]
+
+
+def _pack_in_proj(parts: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    """q, k, v stacked along dim 0: (3·width, width) weights or (3·width,) biases."""
+    missing = [name for name in _PACKED_PROJECTIONS if name not in parts]
+    if missing:
+        raise ValueError(f"{key}: the text encoder lacks {', '.join(missing)} to pack")
+    return torch.cat([parts[name] for name in _PACKED_PROJECTIONS])
+
+
+def openclip_to_original(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """A transformers CLIP text encoder converted from OpenCLIP, back in OpenCLIP's own layout.
+
+    OpenCLIP names the blocks ``transformer.resblocks.{i}`` and packs q, k, v into one
+    ``attn.in_proj_weight``; its ``text_projection`` is a bare matrix applied as ``x @ P``, i.e.
+    the transpose of the ``nn.Linear`` weight transformers holds.
+    """
+    out, packed = {}, {}
+    for key, tensor in _bare_text_keys(state).items():
+        if key in _OPENCLIP_FIXED:
+            out[prefix + _OPENCLIP_FIXED[key]] = tensor
+        elif key == "text_projection.weight":
+            out[prefix + "text_projection"] = tensor.T  # (width, projection_dim)
+        elif (layer := _ENCODER_LAYER.fullmatch(key)) is None:
+            raise ValueError(f"text encoder key {key!r} has no place in the OpenCLIP layout")
+        else:
+            index, rest = layer.groups()
+            block = f"{prefix}transformer.resblocks.{index}."
+            projection, _, kind = rest.removeprefix("self_attn.").partition(".")
+            if rest.startswith("self_attn.") and projection in _PACKED_PROJECTIONS:
+                packed.setdefault(f"{block}attn.in_proj_{kind}", {})[projection] = tensor
+            else:
+                out[block + _openclip_block_key(rest)] = tensor
+    out.update({key: _pack_in_proj(parts, key) for key, parts in packed.items()})
+    return out
+
+
+def _unet_and_vae(pipe) -> dict[str, torch.Tensor]:
+    """The part every family shares: ldm names the UNet and VAE the same in SD 1.x, 2.x and XL."""
+    state = unet_to_original(pipe.unet.state_dict(), pipe.unet.config)
     state.update(vae_to_original(pipe.vae.state_dict(), pipe.vae.config))
-    for key, tensor in pipe.text_encoder.state_dict().items():
-        # transformers 5 drops the `text_model.` level from CLIPTextModel's keys; the file keeps it.
-        key = key if key.startswith("text_model.") else "text_model." + key
-        state[TEXT_PREFIX + key] = tensor
-    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    return state
 
 
-def save_single_file(pipe, target: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Write ``pipe`` as one ``.safetensors`` file (atomically)."""
+def _for_writing(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors wants contiguous CPU tensors that share no autograd graph."""
+    return {key: tensor.detach().contiguous().cpu() for key, tensor in state.items()}
+
+
+def sd1_original(pipe) -> dict[str, torch.Tensor]:
+    """An SD 1.x pipeline in the original layout: its CLIP encoder stays in HF layout."""
+    state = _unet_and_vae(pipe)
+    state.update(clip_to_original(pipe.text_encoder.state_dict(), SD1_TEXT_PREFIX))
+    return _for_writing(state)
+
+
+def sd2_original(pipe) -> dict[str, torch.Tensor]:
+    """An SD 2.x pipeline in the original layout: its text encoder goes back to OpenCLIP layout.
+
+    A real SD 2.x file holds two things diffusers' ``CLIPTextModel`` does not, so they cannot be
+    written: the 24th (last) resblock, dropped at conversion because SD 2.x conditions on the
+    penultimate layer, and ``text_projection``, which SD 2.x never uses. Readers that build
+    OpenCLIP's full model (A1111, ComfyUI) report them as missing but never run them, and
+    diffusers' own converter ignores both keys.
+    """
+    state = _unet_and_vae(pipe)
+    state.update(openclip_to_original(pipe.text_encoder.state_dict(), SD2_TEXT_PREFIX))
+    return _for_writing(state)
+
+
+def sdxl_original(pipe) -> dict[str, torch.Tensor]:
+    """An SDXL pipeline in the original (sgm) layout: CLIP ViT-L in HF layout as embedder 0,
+    OpenCLIP ViT-bigG, with its projection, in OpenCLIP layout as embedder 1."""
+    state = _unet_and_vae(pipe)
+    state.update(clip_to_original(pipe.text_encoder.state_dict(), SDXL_TEXT_PREFIX))
+    state.update(openclip_to_original(pipe.text_encoder_2.state_dict(), SDXL_TEXT_2_PREFIX))
+    return _for_writing(state)
+
+
+Layout = Callable[[object], dict[str, torch.Tensor]]
+
+
+def save_single_file(
+    pipe, target: str | Path, metadata: dict[str, str] | None = None, layout: Layout = sd1_original
+) -> Path:
+    """Write ``pipe`` as one ``.safetensors`` file (atomically) in ``layout``'s original layout.
+
+    The caller picks ``layout`` (``sd1_original``, ``sd2_original``, ``sdxl_original``) from the
+    model family it already knows; the default keeps SD 1.x callers unchanged.
+    """
     target = Path(target)
     with atomic_path(target) as tmp:
-        save_file(pipeline_to_original(pipe), str(tmp), metadata=metadata)
+        save_file(layout(pipe), str(tmp), metadata=metadata)
     return target

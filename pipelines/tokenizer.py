@@ -43,8 +43,11 @@ def _open_clip_merges() -> list[str]:
     return lines[1 : 49152 - 256 - 2 + 1]
 
 
-def write_clip_tokenizer_files(folder: str | Path, config: bool = True) -> Path:
-    """Write ``vocab.json``, ``merges.txt`` (and ``tokenizer_config.json``) into ``folder``."""
+def write_clip_tokenizer_files(folder: str | Path, config: bool = True, pad_token: str = EOS_TOKEN) -> Path:
+    """Write ``vocab.json``, ``merges.txt`` (and ``tokenizer_config.json``) into ``folder``.
+
+    ``pad_token`` is the one place the families' tokenizers differ: SD 1.x and SDXL's first
+    tokenizer pad with the end token, SD 2.x and SDXL's second (OpenCLIP) tokenizer with "!"."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     merges = _open_clip_merges()
@@ -63,14 +66,14 @@ def write_clip_tokenizer_files(folder: str | Path, config: bool = True) -> Path:
         "bos_token": BOS_TOKEN,
         "eos_token": EOS_TOKEN,
         "unk_token": EOS_TOKEN,
-        "pad_token": EOS_TOKEN,
+        "pad_token": pad_token,
         "do_lower_case": True,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(settings, indent=2), encoding="utf-8")
     return folder
 
 
-def build_clip_tokenizer(folder: str | Path) -> CLIPTokenizer:
+def build_clip_tokenizer(folder: str | Path, pad_token: str = EOS_TOKEN) -> CLIPTokenizer:
     """Write the tokenizer files into ``folder`` and load them with ``CLIPTokenizer``."""
-    write_clip_tokenizer_files(folder)
+    write_clip_tokenizer_files(folder, pad_token=pad_token)
     return CLIPTokenizer.from_pretrained(str(folder))

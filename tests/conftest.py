@@ -9,11 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from tiny_models import save_sd1, save_sd2, save_sdxl, sd1_components
 
-from pipelines.tokenizer import VOCAB_SIZE, build_clip_tokenizer
+from pipelines.tokenizer import build_clip_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -22,67 +20,36 @@ def tokenizer(tmp_path_factory):
 
 
 def tiny_components(tokenizer) -> dict:
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        cross_attention_dim=16,
-        attention_head_dim=2,
-        norm_num_groups=4,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 8),
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=VOCAB_SIZE,
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    return dict(
-        unet=unet.eval(),
-        vae=vae.eval(),
-        text_encoder=text_encoder.eval(),
-        tokenizer=tokenizer,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return sd1_components(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_bang(tmp_path_factory):
+    """The OpenCLIP-style tokenizer of SD 2.x and SDXL's second encoder (pads with "!")."""
+    return build_clip_tokenizer(tmp_path_factory.mktemp("tokenizer-bang"), pad_token="!")
 
 
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory, tokenizer) -> Path:
     """A saved tiny SD pipeline folder (16×16 images, 8×8 latents)."""
     folder = tmp_path_factory.mktemp("tiny-sd")
-    StableDiffusionPipeline(**tiny_components(tokenizer)).save_pretrained(folder, safe_serialization=True)
+    save_sd1(folder, tokenizer)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2_dir(tmp_path_factory, tokenizer_bang) -> Path:
+    """A saved tiny SD 2.x pipeline folder (v-prediction; 16×16 images)."""
+    folder = tmp_path_factory.mktemp("tiny-sd2")
+    save_sd2(folder, tokenizer_bang)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory, tokenizer, tokenizer_bang) -> Path:
+    """A saved tiny SDXL pipeline folder (two text encoders; 16×16 images)."""
+    folder = tmp_path_factory.mktemp("tiny-sdxl")
+    save_sdxl(folder, tokenizer, tokenizer_bang)
     return folder
 
 

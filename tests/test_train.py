@@ -139,14 +139,14 @@ def test_sample_to_t_path_uses_sampler_timesteps_in_range_and_no_bank(tiny_pipel
     run = loop.ErasureRun(config)
     run.setup()
     assert (set(banks.glob("*")) if banks.exists() else set()) == cached_before  # no bank was made
-    sampler_times = run.sampler.timesteps.tolist()
+    sampler_times = run.x_source.sampler.timesteps.tolist()
     allowed = {t for t in sampler_times if 300 <= t <= 700}
     assert allowed and set(sampler_times) - allowed
     seen = set()
     for _ in range(12):
-        x_t, t, _, states, rows = run._draw("forget", 3)
-        assert x_t.shape[0] == 3 and torch.isfinite(x_t).all() and len(set(t.tolist())) == 1
-        seen.add(int(t[0]))
+        draw = run._draw("forget", 3)
+        assert draw.x_t.shape[0] == 3 and torch.isfinite(draw.x_t).all() and len(set(draw.t.tolist())) == 1
+        seen.add(int(draw.t[0]))
     assert seen <= allowed and len(seen) > 1
     before = unet_weights(tiny_pipeline_dir)
     after = unet_weights(run.train())

@@ -1,0 +1,48 @@
+"""x_t as ESD draws it: DDIM-sample with the model being trained, from pure noise down to a
+random sampler step whose timestep lies in [t_min, t_max]. Slow (up to bank_steps UNet calls a
+step) but x_t always comes from the current model."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDIMScheduler
+
+from erase.xt_sources.base import Denoiser, Draw
+from pipelines.conditioning import Conditioning
+from prompts import InputError
+
+
+class SampleToT:
+    def __init__(self, pipe, family, conditions: dict[str, Conditioning], config):
+        self.conditions = conditions
+        self.guidance = config.bank_guidance
+        self.sampler = DDIMScheduler.from_config(pipe.scheduler.config)
+        self.sampler.set_timesteps(config.bank_steps)
+        self.null = family.encode(pipe, [""])  # the family's own unconditional input
+        self.channels = pipe.unet.config.in_channels
+        self.latent_size = family.latent_size(pipe)
+        times = self.sampler.timesteps.tolist()
+        self.stops = [k for k, t in enumerate(times) if config.t_min <= t <= config.t_max]
+        if not self.stops:
+            raise InputError(
+                f"no sampler timestep of --bank-steps {config.bank_steps} lies in --t-min..--t-max "
+                f"({config.t_min}..{config.t_max}); widen the range or use more steps"
+            )
+
+    @torch.no_grad()
+    def draw(self, kind: str, batch: int, generator: torch.Generator, denoise: Denoiser) -> Draw:
+        """Every row shares the drawn t; guidance as the bank's (unconditional + g·(cond − uncond))."""
+        conditions = self.conditions[kind]
+        device = conditions.device
+        timesteps = self.sampler.timesteps
+        stop = self.stops[int(torch.randint(0, len(self.stops), (1,), generator=generator))]
+        rows = torch.randint(0, len(conditions), (batch,), generator=generator).to(device)
+        shape = (batch, self.channels, *self.latent_size)
+        latents = (torch.randn(shape, generator=generator) * self.sampler.init_noise_sigma).to(device)
+        cond = conditions[rows]
+        both = Conditioning.cat([self.null.expand(batch), cond])
+        for t in timesteps[:stop]:
+            uncond, text = denoise(torch.cat([latents] * 2), t, both).float().chunk(2)
+            latents = self.sampler.step(uncond + self.guidance * (text - uncond), t, latents).prev_sample
+        t = timesteps[stop].to(device).expand(batch)
+        return Draw(latents, t, None, cond, rows)
