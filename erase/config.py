@@ -8,6 +8,7 @@ from typing import Literal
 
 from erase.balancers import BALANCERS
 from erase.params import PARAMETER_SETS
+from pipelines.loading import MODEL_CONFIG_HELP
 from prompts import InputError
 from prompts.checks import check_seed, check_types
 
@@ -30,7 +31,7 @@ class TrainConfig:
     model: str = field(default="default", metadata={"help": "base model: `default`, a folder, a file, a cached id"})
     model_config: str | None = field(
         default=None,
-        metadata={"help": "diffusers folder (or `default`) giving a single-file checkpoint's architecture"},
+        metadata={"help": MODEL_CONFIG_HELP},
     )
     allow_pickle: bool = field(
         default=False, metadata={"help": "allow a .ckpt/.pt/.bin base model (read with weights_only=True)"}

@@ -59,7 +59,10 @@ def _metadata(config: dict, fmt: str = DELTA_FORMAT) -> dict[str, str]:
 
 
 def _check_file_target(output: Path, overwrite: bool) -> None:
-    """A file output may replace only a file erase wrote: a safetensors file with our format tag."""
+    """A file output ends in .safetensors (what every SD tool, and `--model`, looks for) and may
+    replace only a file erase wrote: a safetensors file with our format tag."""
+    if output.suffix.lower() != ".safetensors":
+        raise InputError(f"--output {output} must end in .safetensors for this format; e.g. {output.name}.safetensors")
     if not output.exists() and not output.is_symlink():
         return
     if not overwrite:

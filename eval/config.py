@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipelines.loading import resolve_device
+from pipelines.loading import MODEL_CONFIG_HELP, resolve_device
 from prompts import InputError
 from prompts.checks import check_types
 
@@ -55,7 +55,8 @@ class EvalConfig:
     dtype: Literal["float32", "float16", "bfloat16"] = field(default="float32", metadata={"help": "weights' precision"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     model_config: str | None = field(
-        default=None, metadata={"help": "architecture folder (or `default`) for single-file checkpoints"}
+        default=None,
+        metadata={"help": MODEL_CONFIG_HELP},
     )
     allow_pickle: bool = field(default=False, metadata={"help": "allow pickled checkpoints (runs pickle!)"})
     overwrite: bool = field(default=False, metadata={"help": "regenerate images made with other settings"})

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from pipelines.files import atomic_path, write_json_atomic, write_text_atomic
 from pipelines.grid import save_grid
-from pipelines.loading import check_sampler_steps, load_pipeline, resolve_device
+from pipelines.loading import MODEL_CONFIG_HELP, check_sampler_steps, load_pipeline, resolve_device
 from pipelines.lock import output_lock
 from pipelines.ownership import OwnedFolder, check_outside
 from pipelines.processes import process_state
@@ -67,7 +67,7 @@ class GenerateConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     model_config: str | None = field(
         default=None,
-        metadata={"help": "diffusers folder (or `default`) giving a single-file checkpoint's architecture"},
+        metadata={"help": MODEL_CONFIG_HELP},
     )
     allow_pickle: bool = field(default=False, metadata={"help": "allow .ckpt/.pt/.bin checkpoints (runs pickle!)"})
     overwrite: bool = field(

@@ -89,6 +89,9 @@ def generate_latents(
                 "steps": steps,
                 "guidance": guidance,
                 "dtype": str(pipe.unet.dtype),
+                # what the UNet predicts, and how it is sampled: two pipelines sharing UNet weights
+                # (e.g. an ε model and a v model built in memory) must not share a bank
+                "scheduler": {k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")},
             },
             sort_keys=True,
         ).encode()

@@ -40,6 +40,12 @@ _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _DTYPE_KWARG = "dtype" if version.parse(diffusers.__version__) >= version.parse("0.42") else "torch_dtype"
 
 
+MODEL_CONFIG_HELP = (
+    "diffusers folder (or `default`) with a single-file checkpoint's architecture; default: the standard "
+    "SD 1.5 / 2.1-v / XL configs shipped with erase, picked by the file's keys"
+)
+
+
 class ModelLoadError(InputError):
     """The model spec could not be loaded; the message says what was tried and the fix."""
 

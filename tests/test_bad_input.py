@@ -110,6 +110,7 @@ CASES = [
     ("generate-seed-negative", GENERATE + ["--seed", "-3"], "--seed must be between 0 and 2**63 - 1"),
     # erase export / apply
     ("export-not-a-run", ["export", "{bad}", "--output", "{out}"], "is not a finished `erase train` run folder"),
+    ("export-file-not-safetensors", EXPORT + ["--format", "delta"], "must end in .safetensors"),
     ("export-unknown-format", EXPORT + ["--format", "onnx"], "invalid choice: 'onnx'"),
     (
         "apply-delta-keys",
@@ -400,7 +401,7 @@ def test_bad_input_gives_one_line_exit_2_and_no_output(places, tmp_path, capsys,
 
 @pytest.mark.parametrize(("kind", "argv", "fragment"), [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
 def test_hostile_output_is_refused_and_nothing_changes(places, tmp_path, capsys, kind, argv, fragment):
-    out = tmp_path / "out"
+    out = tmp_path / ("out.safetensors" if kind == "user-file" else "out")  # a name a file output may have
     prepare(kind, out, places)
     run_refused(places, out, argv, fragment, capsys)
 

@@ -257,7 +257,7 @@ def test_allow_pickle_reads_weights_but_never_runs_code(tiny_pipeline_dir, tmp_p
     payload = f"import os\nclass Evil:\n    def __reduce__(self):\n        return (os.system, ('touch {marker}',))\n"
     payload += f"import torch\ntorch.save({{'state_dict': {{}}, 'x': Evil()}}, {str(evil)!r})\n"
     subprocess.run([sys.executable, "-c", payload], check=True)
-    with pytest.raises(ModelLoadError, match="could not load single-file checkpoint"):
+    with pytest.raises(ModelLoadError, match="could not read single-file checkpoint"):
         load_pipeline(evil, config=tiny_pipeline_dir, allow_pickle=True)
     assert not marker.exists()
 
@@ -267,7 +267,7 @@ def test_eval_run_names_stay_inside_the_output(spec, monkeypatch):
     """An eval run's name becomes a folder under <output>/images; it must be one plain name."""
     from eval import runner
 
-    monkeypatch.setattr(runner, "check_model_exists", lambda spec: None)
+    monkeypatch.setattr(runner, "check_model", lambda spec, *args, **kwargs: None)
     name = runner.read_run(spec).name
     assert name and "/" not in name and "\x00" not in name and not name.startswith(".") and len(name) <= 60
 
