@@ -44,13 +44,6 @@ def model_fingerprint(pipe) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-@torch.no_grad()
-def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
-    """Text-encoder states for each prompt: (P, 77, D), on the pipeline's device."""
-    states, _ = pipe.encode_prompt(prompts, pipe.device, 1, do_classifier_free_guidance=False)
-    return states
-
-
 def _read_cached_bank(path: Path, prompts: int, per_prompt: int) -> torch.Tensor | None:
     """A cached bank, or None after discarding a damaged entry (cut by a full disk, changed by
     hand) with a note: it is rebuilt, instead of breaking every later run with these settings."""

@@ -1,6 +1,7 @@
 """Full-size SD 1.5 / 2.1 / XL on a GPU, with random weights built from the shipped configs.
 
-What it measures, per family (one JSON line each, and a table at the end):
+What it measures, per family (one JSON line after each part; run one family per process for
+clean memory figures):
   * generate: seconds per image at the model's native size and peak GPU memory (bf16 pipeline);
   * train: median step time and GPU memory of `erase train`'s steps (fp32 weights, bf16
     autocast, latent bank), per balancing method, interleaved step by step, so `eupmu` (one
@@ -18,6 +19,7 @@ nothing here runs in the test suite.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import socket
 import statistics
@@ -82,6 +84,8 @@ def reset_peak() -> None:
 
 
 def empty_cache() -> None:
+    """Free what the last part left: Accelerate's objects hold models in reference cycles."""
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -288,7 +292,6 @@ def main() -> None:
                     del pipe
                     empty_cache()
                     save(out, record)
-                print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":
