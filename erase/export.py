@@ -62,7 +62,9 @@ def _check_file_target(output: Path, overwrite: bool) -> None:
     """A file output ends in .safetensors (what every SD tool, and `--model`, looks for) and may
     replace only a file erase wrote: a safetensors file with our format tag."""
     if output.suffix.lower() != ".safetensors":
-        raise InputError(f"--output {output} must end in .safetensors for this format; e.g. {output.name}.safetensors")
+        raise InputError(
+            f"--output {output} must end in .safetensors for this format; e.g. {output.with_suffix('.safetensors')}"
+        )
     if not output.exists() and not output.is_symlink():
         return
     if not overwrite:
@@ -151,13 +153,15 @@ def apply_delta(
     fmt: Literal["diffusers", "single-file"] = "diffusers",
     overwrite: bool = False,
     force: bool = False,
+    model_config: str | None = None,
+    allow_pickle: bool = False,
 ) -> Path:
     delta, output = Path(delta), Path(output)
     metadata, tensors = read_delta(delta)
-    check_outside(output, {"delta": delta, "--base": base})
+    check_outside(output, {"delta": delta, "--base": base, "--model-config": model_config})
     if fmt == "single-file":
         _check_file_target(output, overwrite)
-    pipe = load_pipeline(base, device="cpu")
+    pipe = load_pipeline(base, device="cpu", config=model_config, allow_pickle=allow_pickle)
     state = pipe.unet.state_dict()
     unknown = sorted(set(tensors) - set(state))
     if unknown:

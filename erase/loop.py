@@ -39,6 +39,7 @@ from prompts import InputError, PromptRecord, load_prompts
 
 CONFIG_NAME = "train_config.json"
 LOG_NAME = "train_log.jsonl"
+LOSS_UNITS = "epsilon"  # every loss is computed on predictions converted to ε (pipelines/prediction.py)
 STAGING = ".pipeline"  # the finished pipeline is written here, then moved into the run folder
 # Fields that may differ between a run and its --resume: they do not change what is computed.
 _RESUME_MAY_CHANGE = {"output", "resume", "overwrite", "progress", "checkpoint_every", "allow_pickle"}
@@ -92,6 +93,7 @@ class ErasureRun:
         self.output = Path(config.output)
         self.folder = OwnedFolder(self.output, "run")
         self.restart = False  # --overwrite of an earlier run: its files go at the first write
+        self.saved: dict = {}  # the config of the run being resumed
         self.checked = False
 
     # 1. Checks and setup: nothing here writes into the run folder --------------------------
@@ -146,6 +148,11 @@ class ErasureRun:
             self.conditions["retain"] = self.family.encode(pipe, self.retain_prompts)
         self.anchors = self.family.encode(pipe, self.anchor_prompts)
         self.space = EpsilonSpace(pipe.scheduler)
+        if cfg.resume and self.space.kind != LOSS_UNITS and self.saved.get("loss_units") != LOSS_UNITS:
+            raise InputError(
+                f"--resume: {self.output} was started by an older erase that computed this {self.space.kind} "
+                "model's losses in its own units, not ε; its λ and optimiser state do not carry over: use --overwrite"
+            )
         prompts = {"forget": self.forget_prompts, "retain": self.retain_prompts}
         self.x_source = X_SOURCES[cfg.x_source](pipe, self.family, prompts, self.conditions, cfg, show)
 
@@ -194,6 +201,7 @@ class ErasureRun:
                     "base_model": recorded_base(cfg.model),
                     "base_model_config": recorded_base(cfg.model_config) if cfg.model_config else None,
                     "base_fingerprint": self.base_fingerprint,
+                    "loss_units": LOSS_UNITS,
                 },
             )
             log_path = self.output / LOG_NAME
@@ -216,6 +224,7 @@ class ErasureRun:
             saved = json.loads(saved_file.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError):
             raise InputError(f"{saved_file} is damaged; use --overwrite to start the run afresh") from None
+        self.saved = saved
         for name, value in asdict(self.config).items():
             if name in _RESUME_MAY_CHANGE or name not in saved:
                 continue

@@ -41,7 +41,7 @@ class RunInfo:
     base_config: str | None = None  # the --model-config the run's single-file base was loaded with
 
 
-def read_run(spec: str, allow_pickle: bool = False) -> RunInfo:
+def read_run(spec: str, allow_pickle: bool = False, model_config: str | None = None) -> RunInfo:
     """A run folder's model, base and forget prompts; any other model spec stands alone. The
     name (a folder under images/) is made file-safe: a spec like ``..`` cannot escape --output."""
     path = Path(spec)
@@ -63,7 +63,7 @@ def read_run(spec: str, allow_pickle: bool = False) -> RunInfo:
             log if log.is_file() else None,
             config.get("base_model_config"),
         )
-    check_model(spec, allow_pickle=allow_pickle)
+    check_model(spec, model_config, allow_pickle)
     return RunInfo(name, spec, None, [], None)
 
 
@@ -127,7 +127,7 @@ def _evaluate(config: EvalConfig) -> Evaluation:
     inputs |= {"--classifier": config.classifier, "--clip-weights": config.clip_weights}
     inputs |= {"--fid-weights": config.fid_weights, "--real-images": config.real_images}
     check_outside(output, inputs | {f"run {spec}": spec for spec in config.runs})
-    runs = [read_run(spec, config.allow_pickle) for spec in config.runs]
+    runs = [read_run(spec, config.allow_pickle, config.model_config) for spec in config.runs]
     _unique_names(runs)
     bases = {r.base for r in runs if r.base}
     base = config.base or (bases.pop() if len(bases) == 1 else None)

@@ -43,12 +43,6 @@ class Conditioning:
             {k: v.expand(rows, *v.shape[1:]) for k, v in self.added.items()},
         )
 
-    def to(self, device=None, dtype: torch.dtype | None = None) -> Conditioning:
-        def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
-
-        return Conditioning(move(self.text), {k: move(v) for k, v in self.added.items()})
-
     @property
     def device(self) -> torch.device:
         return self.text.device

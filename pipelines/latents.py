@@ -30,7 +30,7 @@ def model_fingerprint(pipe) -> str:
     origin = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "")
     path = Path(str(origin))
     parts = [str(path)]
-    if path.exists():
+    if origin and path.exists():
         files = sorted(path.rglob("*")) if path.is_dir() else [path]
         parts += [
             f"{f.relative_to(path) if path.is_dir() else f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
@@ -84,7 +84,8 @@ def generate_latents(
                 "dtype": str(pipe.unet.dtype),
                 # what the UNet predicts, and how it is sampled: two pipelines sharing UNet weights
                 # (e.g. an ε model and a v model built in memory) must not share a bank
-                "scheduler": {k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")},
+                "scheduler": [type(pipe.scheduler).__name__]
+                + sorted(f"{k}={v}" for k, v in pipe.scheduler.config.items() if not k.startswith("_")),
             },
             sort_keys=True,
         ).encode()

@@ -14,8 +14,11 @@ When nothing matches, one ``ModelLoadError`` says what was tried.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import diffusers
@@ -24,7 +27,6 @@ from packaging import version
 from safetensors import safe_open
 
 from pipelines.families import Family, UnsupportedFamilyError, family_of_folder, family_of_keys
-from pipelines.files import atomic_folder
 from pipelines.latents import cache_dir
 from pipelines.tokenizer import write_clip_tokenizer_files
 from prompts.errors import InputError
@@ -166,7 +168,7 @@ def single_file_family(path: Path, config: str | Path | None, allow_pickle: bool
     if config is not None:
         folder = _config_folder(config)
         family = _family_of_folder(folder)
-        if from_keys is not None and from_keys.pipeline_class_name != family.pipeline_class_name:
+        if from_keys is not None and from_keys is not family:
             raise ModelLoadError(
                 f"{path} holds a {from_keys.title} checkpoint but --model-config {config} is a {family.title} "
                 "pipeline; give a --model-config of the same family, or drop it"
@@ -197,12 +199,24 @@ def shipped_config_folder(family: Family) -> Path:
     if (target / "model_index.json").is_file():
         return target
 
-    with atomic_folder(target, overwrite=True) as tmp:
+    # Several processes (accelerate launch) may build it at once: each fills its own temporary
+    # folder and the first rename wins; the others discard theirs. Nobody replaces a folder
+    # another process may be reading.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
         for file in files:
             (tmp / file.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(file, tmp / file.relative_to(source))
-        for name in family.tokenizer_pads:
+        for name in family.tokenizer_folders:
             write_clip_tokenizer_files(tmp / name, config=False)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -210,6 +224,8 @@ def _from_single_file(path: Path, dtype: torch.dtype, config: str | Path | None,
     family, config_dir = single_file_family(path, config, allow_pickle)
     shipped = config_dir is None
     config_dir = shipped_config_folder(family) if shipped else config_dir
+    if shipped and family.shipped_note:
+        print(f"note: {path.name}: {family.shipped_note}", file=sys.stderr)
     kwargs = {_DTYPE_KWARG: dtype, "local_files_only": True, "config": str(config_dir)}
     try:
         pipe = family.pipeline_class.from_single_file(str(path), **kwargs)

@@ -32,15 +32,19 @@ class EpsilonSpace:
         if self.kind not in TO_EPSILON:
             raise InputError(
                 f"the model's scheduler predicts {self.kind!r}; erase trains models that predict "
-                f"{', '.join(TO_EPSILON)}"
+                f"{', '.join(TO_EPSILON)}: set prediction_type in its scheduler_config.json to what it was trained on"
             )
-        self.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)
+        # ᾱ_t per timestep, moved to the outputs' device once (a lookup on the CPU would make every
+        # call wait for the GPU)
+        self.alphas_cumprod = None if self.kind == "epsilon" else scheduler.alphas_cumprod.to(torch.float64)
 
     def __call__(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.kind == "epsilon":
             return output
         shape = (-1,) + (1,) * (output.ndim - 1)
-        cumprod = self.alphas_cumprod[t.long().cpu()].to(output.device)
+        if self.alphas_cumprod.device != output.device:
+            self.alphas_cumprod = self.alphas_cumprod.to(output.device)
+        cumprod = self.alphas_cumprod[t.to(output.device).long()]
         alpha = cumprod.sqrt().to(output.dtype).reshape(shape)
         sigma = (1 - cumprod).sqrt().to(output.dtype).reshape(shape)
         return TO_EPSILON[self.kind](output, x_t.to(output.dtype), alpha, sigma)

@@ -1,6 +1,7 @@
 """Write a diffusers SD pipeline as one original-layout (CompVis/ldm/sgm) ``.safetensors`` file.
 
-That layout is what A1111 and ComfyUI read and what diffusers' ``from_single_file`` converts back.
+That layout is the one the original CompVis / Stability AI releases use, which other SD tools
+read; diffusers' ``from_single_file`` converts it back (the only reader tested here).
 The UNet and VAE are shared by every family (``model.diffusion_model.*``, ``first_stage_model.*``);
 the text encoders differ:
 
@@ -260,9 +261,9 @@ def sd2_original(pipe) -> dict[str, torch.Tensor]:
 
     A real SD 2.x file holds two things diffusers' ``CLIPTextModel`` does not, so they cannot be
     written: the 24th (last) resblock, dropped at conversion because SD 2.x conditions on the
-    penultimate layer, and ``text_projection``, which SD 2.x never uses. Readers that build
-    OpenCLIP's full model (A1111, ComfyUI) report them as missing but never run them, and
-    diffusers' own converter ignores both keys.
+    penultimate layer, and ``text_projection``, which SD 2.x never uses. diffusers' own
+    converter ignores both keys; a reader that builds OpenCLIP's full model will find them
+    missing, but should never run them (not tried here).
     """
     state = _unet_and_vae(pipe)
     state.update(openclip_to_original(pipe.text_encoder.state_dict(), SD2_TEXT_PREFIX))

@@ -54,6 +54,23 @@ def tiny_sdxl_dir(tmp_path_factory, tokenizer, tokenizer_bang) -> Path:
 
 
 @pytest.fixture()
+def no_network(monkeypatch):
+    """Every socket connection attempt is recorded and refused; the test asserts the list stays empty."""
+    import socket
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[:2])
+        raise OSError("network is off in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts
+
+
+@pytest.fixture()
 def write(tmp_path):
     """write(name, text or bytes) → path inside the test's tmp folder."""
 

@@ -9,7 +9,6 @@ predict exactly what an ε model predicts, which must train identically.
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
@@ -23,6 +22,7 @@ from pipelines.conditioning import Conditioning
 from pipelines.families import FAMILIES, family_of
 from pipelines.loading import ModelLoadError, load_pipeline
 from pipelines.single_file import save_single_file
+from prompts import InputError
 
 FOLDERS = {"sd1": "tiny_pipeline_dir", "sd2": "tiny_sd2_dir", "sdxl": "tiny_sdxl_dir"}
 CLASSES = {"sd1": StableDiffusionPipeline, "sd2": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
@@ -31,21 +31,6 @@ CLASSES = {"sd1": StableDiffusionPipeline, "sd2": StableDiffusionPipeline, "sdxl
 @pytest.fixture(params=list(FOLDERS))
 def family_dir(request):
     return request.param, request.getfixturevalue(FOLDERS[request.param])
-
-
-@pytest.fixture()
-def no_network(monkeypatch):
-    """Every socket connection attempt is recorded and refused."""
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args[:2])
-        raise OSError("network is off in this test")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    return attempts
 
 
 def test_each_folder_loads_with_its_own_pipeline_class_and_family(family_dir):
@@ -154,6 +139,7 @@ def test_every_command_end_to_end(name, request, write, tmp_path, no_network):
         {"x_source": "sample", "method": "explicit"},
         {"method": "eupmu-fast", "mask": "feasible", "mask_micro_batches": 2, "parameters": "full"},
         {"method": "weighted", "parameters": "noxattn", "loss": "anchor", "anchor": "a drawing"},
+        {"method": "none", "mask": "feasible", "mask_micro_batches": 2},
     ],
 )
 def test_sdxl_trains_with_every_source_balancer_mask_and_parameter_set(settings, tiny_sdxl_dir, write, tmp_path):
@@ -175,6 +161,27 @@ def test_sdxl_trains_with_every_source_balancer_mask_and_parameter_set(settings,
     assert len(log) == 2 and all(torch.isfinite(torch.tensor(entry["loss_forget"])) for entry in log)
 
 
+def test_sdxl_resume_ends_where_an_uninterrupted_run_ends(tiny_sdxl_dir, write, tmp_path):
+    retain = write("retain.txt", "a dog\na house\n")
+    settings = dict(model=str(tiny_sdxl_dir), concept="a cat", retain=str(retain), steps=3, checkpoint_every=1)
+    settings |= dict(bank_size=1, bank_steps=2, batch_size=2, progress=False)
+    whole = loop.train(TrainConfig(output=str(tmp_path / "whole"), **settings))
+    cut = loop.ErasureRun(TrainConfig(output=str(tmp_path / "cut"), **settings))
+    cut.check_inputs()
+    cut.setup()
+    for step in range(2):  # two steps, a checkpoint, then the process "dies"
+        cut.step = step
+        cut.train_step()
+        if step == 0:
+            cut._commit()
+    cut._checkpoint(2)
+    resumed = loop.train(TrainConfig(output=str(tmp_path / "cut"), resume=True, **settings))
+    a, b = (load_file(str(f / "unet" / "diffusion_pytorch_model.safetensors")) for f in (whole, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], load_file(str(tiny_sdxl_dir / "unet" / "diffusion_pytorch_model.safetensors"))[k])
+                   for k in a)  # fmt: skip
+
+
 def test_single_file_without_model_config_uses_the_shipped_configs_offline(tiny_sdxl_dir, tmp_path, no_network):
     """The family comes from the keys and its standard configs ship with erase: no hub lookup.
     A tiny file does not fit SDXL base's shapes, and the message says so and names the fix."""
@@ -192,6 +199,64 @@ def test_single_file_and_config_of_different_families_are_refused(tiny_sdxl_dir,
     path = save_single_file(pipe, tmp_path / "tiny-xl.safetensors", layout=FAMILIES["sdxl"].to_original)
     with pytest.raises(ModelLoadError, match="Stable Diffusion XL checkpoint but --model-config .* Stable Diffusion 1"):
         load_pipeline(path, device="cpu", config=tiny_pipeline_dir)
+
+
+def test_sd2_file_with_an_sd1_config_is_refused_naming_both(tiny_sd2_dir, tmp_path):
+    """SD 1.x and 2.x share a pipeline class; the family, not the class, must match."""
+    pipe = load_pipeline(tiny_sd2_dir, device="cpu")
+    path = save_single_file(pipe, tmp_path / "tiny-sd2.safetensors", layout=FAMILIES["sd2"].to_original)
+    with pytest.raises(ModelLoadError, match="Stable Diffusion 2.x checkpoint but --model-config default is a Stable"):
+        load_pipeline(path, device="cpu", config="default")
+
+
+def test_shipped_configs_are_built_once_when_processes_race(monkeypatch, tmp_path):
+    """Two processes building the shipped configs at once: the second rename loses, keeps the
+    winner's folder (which the first may be reading) and leaves no temporary folder."""
+    import pipelines.loading as loading
+
+    monkeypatch.setenv("ERASE_CACHE_DIR", str(tmp_path))
+    real = loading.write_clip_tokenizer_files
+    raced = []
+
+    def other_process_first(folder, config=True):
+        if not raced:
+            raced.append(True)
+            loading.shipped_config_folder(FAMILIES["sd2"])  # the other process wins the rename
+        return real(folder, config=config)
+
+    monkeypatch.setattr(loading, "write_clip_tokenizer_files", other_process_first)
+    target = loading.shipped_config_folder(FAMILIES["sd2"])
+    assert (target / "tokenizer" / "vocab.json").is_file() and raced
+    assert [p.name for p in target.parent.iterdir()] == [target.name]
+
+
+def test_resuming_a_v_model_run_from_before_epsilon_units_is_refused(tiny_sd2_dir, write, tmp_path):
+    retain = write("retain.txt", "a dog\n")
+    settings = dict(
+        output=str(tmp_path / "run"),
+        model=str(tiny_sd2_dir),
+        concept="a cat",
+        retain=str(retain),
+        steps=2,
+        checkpoint_every=1,
+        bank_size=1,
+        bank_steps=1,
+        batch_size=2,
+        progress=False,
+    )
+    run = loop.ErasureRun(TrainConfig(**settings))
+    run.check_inputs()
+    run.setup()
+    run.step = 0
+    run.train_step()
+    run._commit()
+    run._checkpoint(1)  # a run killed after its first checkpoint
+    config_file = tmp_path / "run" / "train_config.json"
+    saved = json.loads(config_file.read_text())
+    assert saved.pop("loss_units") == "epsilon"
+    config_file.write_text(json.dumps(saved))  # as an older erase wrote it
+    with pytest.raises(InputError, match="losses in its own units, not ε.*--overwrite"):
+        loop.train(TrainConfig(**settings, resume=True))
 
 
 def test_unet_only_file_is_sent_to_erase_apply(tmp_path):

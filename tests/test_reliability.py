@@ -273,20 +273,9 @@ def test_eval_run_names_stay_inside_the_output(spec, monkeypatch):
 
 
 def test_train_generate_and_eval_open_no_network_connection(
-    tiny_pipeline_dir, retain_file, write, tmp_path, monkeypatch
+    tiny_pipeline_dir, retain_file, write, tmp_path, no_network
 ):
     """Offline by default: every socket connection attempt is recorded and refused."""
-    import socket
-
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args[:2])
-        raise OSError("network is off in this test")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)  # name lookups come first
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     prompts = write("labels.csv", "case_number,prompt,evaluation_seed,class\n1,a red circle,1,circle\n2,a cat,2,cat\n")
     run = tmp_path / "run"
     train = ["train", *tiny_train_args(tiny_pipeline_dir, retain_file), "--steps", "1", "--no-progress"]
@@ -295,4 +284,4 @@ def test_train_generate_and_eval_open_no_network_connection(
     assert main([*generate, "--output", str(tmp_path / "images")]) == 0
     evaluate = ["eval", str(run), "--prompts", str(prompts), "--judge", "digit-style", "--erased", "class=circle"]
     assert main([*evaluate, "--images-per-prompt", "1", "--steps", "1", "--output", str(tmp_path / "report")]) == 0
-    assert attempts == []
+    assert no_network == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from erase.export import apply_delta
+from pipelines.loading import MODEL_CONFIG_HELP
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", default="default", help="base model the delta was trained from (default: default)")
     parser.add_argument("--output", required=True, help="folder (diffusers) or .safetensors file (single-file)")
     parser.add_argument("--format", choices=["diffusers", "single-file"], default="diffusers")
+    parser.add_argument("--model-config", default=None, help=MODEL_CONFIG_HELP + " (for a single-file --base)")
+    parser.add_argument(
+        "--allow-pickle", action="store_true", help="allow a .ckpt/.pt/.bin --base (read with weights_only=True)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an output erase wrote earlier")
     parser.add_argument(
         "--force", action="store_true", help="apply a delta although it was made from another base's weights"
@@ -25,6 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = apply_delta(args.delta, args.base, args.output, fmt=args.format, overwrite=args.overwrite, force=args.force)
+    path = apply_delta(
+        args.delta,
+        args.base,
+        args.output,
+        fmt=args.format,
+        overwrite=args.overwrite,
+        force=args.force,
+        model_config=args.model_config,
+        allow_pickle=args.allow_pickle,
+    )
     print(f"delta applied to {args.base} → {path}")
     return 0

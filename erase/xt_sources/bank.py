@@ -12,7 +12,9 @@ from pipelines.latents import generate_latents
 
 
 class LatentBank:
-    def __init__(self, pipe, prompts: dict[str, list[str]], conditions: dict[str, Conditioning], config, progress):
+    def __init__(
+        self, pipe, family, prompts: dict[str, list[str]], conditions: dict[str, Conditioning], config, progress: bool
+    ):
         settings = dict(
             per_prompt=config.bank_size,
             seed=config.seed,

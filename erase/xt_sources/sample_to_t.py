@@ -13,7 +13,9 @@ from prompts import InputError
 
 
 class SampleToT:
-    def __init__(self, pipe, family, conditions: dict[str, Conditioning], config):
+    def __init__(
+        self, pipe, family, prompts: dict[str, list[str]], conditions: dict[str, Conditioning], config, progress: bool
+    ):
         self.conditions = conditions
         self.guidance = config.bank_guidance
         self.sampler = DDIMScheduler.from_config(pipe.scheduler.config)

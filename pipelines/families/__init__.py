@@ -69,5 +69,5 @@ def family_of_keys(keys: set[str]) -> Family | None:
 
 def _refusal(what: str, known: bool = False) -> str:
     title = _UNSUPPORTED_CLASSES.get(what, what if known else None)
-    named = f"{title} models are" if title else f"a {what} is"
+    named = f"{title} models are" if title else (f"a {what} is" if what != "None" else "this pipeline class is")
     return f"{named} not supported: erase works on {SUPPORTED} pipelines; give one of those as --model"

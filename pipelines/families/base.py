@@ -8,12 +8,12 @@ original single-file layout other SD tools read. Everything else in the toolkit 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from pipelines.conditioning import Conditioning
-from pipelines.tokenizer import EOS_TOKEN
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
@@ -25,8 +25,11 @@ class Family:
     shipped_config: str = ""  # folder under configs/ holding the standard model's configs
     # a key prefix found only in this family's original single files
     original_marker: str = ""
-    # tokenizer folder → pad token, for writing the shipped configs' vocab files
-    tokenizer_pads: dict[str, str] = {"tokenizer": EOS_TOKEN}
+    # tokenizer folders of the shipped configs, whose vocab files the loader writes (each folder's
+    # tokenizer_config.json, shipped, holds its pad token)
+    tokenizer_folders: tuple[str, ...] = ("tokenizer",)
+    # said when a single file is loaded with the shipped configs, where they are a guess
+    shipped_note: str = ""
 
     @property
     def pipeline_class(self):
@@ -50,22 +53,40 @@ class Family:
         """Whether an original-layout single file (its tensor names) is of this family."""
         return any(key.startswith(self.original_marker) for key in keys)
 
+    @torch.no_grad()
     def encode(self, pipe, prompts: list[str]) -> Conditioning:
-        raise NotImplementedError
+        """One text encoder's last hidden states (SD 1.x, 2.x). "" is encoded as the pipeline
+        encodes its unconditional prompt, so it stays the model's own unconditional input."""
+        states, _ = pipe.encode_prompt(prompts, pipe.device, 1, do_classifier_free_guidance=False)
+        return Conditioning(states)
 
     def to_original(self, pipe) -> dict[str, torch.Tensor]:
         """The pipeline's weights in this family's original single-file layout."""
         raise NotImplementedError
 
-    def default_size(self, pipe) -> tuple[int, int]:
-        """(height, width) in pixels the model was trained at."""
-        size = pipe.unet.config.sample_size
-        h, w = (size, size) if isinstance(size, int) else size
-        return h * pipe.vae_scale_factor, w * pipe.vae_scale_factor
-
     def latent_size(self, pipe) -> tuple[int, int]:
         size = pipe.unet.config.sample_size
         return (size, size) if isinstance(size, int) else tuple(size)
+
+    def default_size(self, pipe) -> tuple[int, int]:
+        """(height, width) in pixels the model was trained at."""
+        height, width = self.latent_size(pipe)
+        return height * pipe.vae_scale_factor, width * pipe.vae_scale_factor
+
+
+def openclip_text_encoder(config) -> bool:
+    """SD 2.x's text encoder is OpenCLIP's, converted: plain GELU where OpenAI's CLIP (SD 1.x)
+    uses QuickGELU. Nothing else in a diffusers folder tells the two families apart."""
+    return getattr(config, "hidden_act", None) == "gelu"
+
+
+def openclip_text_encoder_in(folder: Path) -> bool:
+    """``openclip_text_encoder`` for a pipeline folder, from its text encoder's config.json."""
+    try:
+        config = json.loads((folder / "text_encoder" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return config.get("hidden_act") == "gelu"
 
 
 class UnsupportedFamilyError(ValueError):

@@ -7,7 +7,6 @@ import torch
 
 from pipelines.conditioning import Conditioning
 from pipelines.families.base import Family
-from pipelines.tokenizer import EOS_TOKEN
 
 
 class SDXL(Family):
@@ -16,7 +15,7 @@ class SDXL(Family):
     pipeline_class_name = "StableDiffusionXLPipeline"
     shipped_config = "sdxl"
     original_marker = "conditioner.embedders.1.model."
-    tokenizer_pads = {"tokenizer": EOS_TOKEN, "tokenizer_2": "!"}
+    tokenizer_folders = ("tokenizer", "tokenizer_2")
 
     @torch.no_grad()
     def encode(self, pipe, prompts: list[str]) -> Conditioning:
