@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from erase import losses
 from erase.balancers import BalancerSettings, build_balancer
-from erase.balancers.base import flat_grad, set_flat_grad
+from erase.balancers.base import flat_grad, flat_params, set_flat_grad
 from erase.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
 from erase.config import TrainConfig
 from erase.mask import FeasibleMask
@@ -344,12 +344,19 @@ class ErasureRun:
             )
         log = {"loss_forget": value_u, "loss_retain": value_r}
         log |= self.balancer.backward(loss_u, loss_r, self.params, self._backward, value_r)
+        keep = None
         if samples is not None:
-            masked, log["mask_kept"] = self.mask.apply(flat_grad(self.params), samples)
+            masked, keep = self.mask.apply(flat_grad(self.params), samples)
             set_flat_grad(self.params, masked)
+            log["mask_kept"] = keep.float().mean().item()
         if cfg.max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        before = flat_params(self.params) if keep is not None or self.balancer.constrains_update else None
         self.optimizer.step()
+        if keep is not None:  # the mask's promise is about θ: Adam's momentum would move rejected ones
+            self.mask.hold(self.params, before, keep)
+        if self.balancer.constrains_update:
+            log |= self.balancer.constrain_update(self.params, before, keep)
         if value_r is not None:
             log |= self.balancer.after_step(value_r, lambda: self._retain_value_now(batch))
         self._check_finite_state()

@@ -2,21 +2,58 @@
 "Improving Unlearning with Model Updates Probably Aligned with Gradients".
 
 The paper's exact test is not available to us. What we implement, from its abstract: estimate
-each coordinate's retain gradient mean and standard error over ``micro_batches`` micro-batches,
-and let coordinate i move only when a one-sided z-test says, at confidence 1 − δ, that moving
-along −d does not increase ℓ_r to first order, i.e. d_i·E[g_r,i] ≥ 0:
+each coordinate's retain gradient mean and standard error over ``micro_batches`` (m)
+micro-batches, and let coordinate i move only when a one-sided t-test says, at confidence 1 − δ,
+that moving along −d does not increase ℓ_r to first order, i.e. d_i·E[g_r,i] ≥ 0:
 
-    keep_i  ⇔  sign(d_i)·mean_i − z_{1−δ}·se_i ≥ 0,    se_i = std_i / √m
+    keep_i  ⇔  sign(d_i)·mean_i − t_{1−δ, m−1}·se_i ≥ 0,    se_i = std_i / √m
 
-Every other coordinate of d is zeroed. (A normal quantile stands in for Student's t.)
+(Student's t with m − 1 degrees of freedom: the spread is estimated from the same m samples; the
+normal quantile would keep a coordinate with no real sign ~2× too often at m = 4.)
+
+"Move only" is a promise about the parameters, not the gradient: Adam's momentum and its
+per-coordinate scaling move a coordinate whose gradient is zeroed. So the loop also calls
+``hold`` after the optimiser's step, putting every rejected coordinate back to its value before
+the step. Every other coordinate of d is zeroed too, so the optimiser sees the masked direction.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from statistics import NormalDist
 
 import torch
+
+
+def student_t_cdf(t: float, dof: int) -> float:
+    """P(T ≤ t) for Student's t with an integer number of degrees of freedom, exactly, from the
+    finite series for integer ν (Abramowitz & Stegun 26.7.3–4)."""
+    theta = math.atan(t / math.sqrt(dof))
+    cos2 = math.cos(theta) ** 2
+    if dof % 2:  # odd: (2/π)·(θ + sinθ·cosθ·(1 + 2/3·cos²θ + 2·4/(3·5)·cos⁴θ + ...))
+        term, series = 1.0, 0.0
+        for k in range(1, (dof - 1) // 2 + 1):
+            series += term
+            term *= cos2 * (2 * k) / (2 * k + 1)
+        inside = (2 / math.pi) * (theta + (math.sin(theta) * math.cos(theta) * series if dof > 1 else 0.0))
+    else:  # even: sinθ·(1 + 1/2·cos²θ + 1·3/(2·4)·cos⁴θ + ...)
+        term, series = 1.0, 0.0
+        for k in range(1, dof // 2 + 1):
+            series += term
+            term *= cos2 * (2 * k - 1) / (2 * k)
+        inside = math.sin(theta) * series
+    return 0.5 + 0.5 * inside  # `inside` is P(|T| < t), signed with t
+
+
+def student_t_quantile(p: float, dof: int) -> float:
+    """t with P(T ≤ t) = p (0.5 < p < 1), by bisection on the exact CDF."""
+    low, high = 0.0, 1.0
+    while student_t_cdf(high, dof) < p:
+        high *= 2
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if student_t_cdf(middle, dof) < p else (low, middle)
+    return (low + high) / 2
 
 
 @dataclass
@@ -29,19 +66,27 @@ class FeasibleMask:
             raise ValueError(f"mask delta must lie in (0, 0.5), got {self.delta}")
         if self.micro_batches < 2:
             raise ValueError(f"the mask needs at least 2 micro-batches to estimate a spread, got {self.micro_batches}")
-
-    @property
-    def z(self) -> float:
-        return NormalDist().inv_cdf(1.0 - self.delta)
+        self.quantile = student_t_quantile(1.0 - self.delta, self.micro_batches - 1)
 
     def keep(self, direction: torch.Tensor, retain_samples: torch.Tensor) -> torch.Tensor:
         """Boolean mask over coordinates; ``retain_samples`` is (m, n), ``direction`` is (n,)."""
         m = retain_samples.shape[0]
         mean = retain_samples.mean(0)
         se = retain_samples.std(0, unbiased=True) / m**0.5
-        return torch.sign(direction) * mean - self.z * se >= 0
+        return torch.sign(direction) * mean - self.quantile * se >= 0
 
-    def apply(self, direction: torch.Tensor, retain_samples: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """(masked direction, share of coordinates kept)."""
+    def apply(self, direction: torch.Tensor, retain_samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked direction, the boolean keep mask)."""
         keep = self.keep(direction, retain_samples)
-        return direction * keep, keep.float().mean().item()
+        return direction * keep, keep
+
+    @staticmethod
+    @torch.no_grad()
+    def hold(params: list[torch.Tensor], before: torch.Tensor, keep: torch.Tensor) -> None:
+        """Put every rejected coordinate back to its value before the optimiser's step."""
+        offset = 0
+        for p in params:
+            n = p.numel()
+            rejected = ~keep[offset : offset + n].view_as(p)
+            p.data[rejected] = before[offset : offset + n].view_as(p)[rejected].to(p.dtype)
+            offset += n

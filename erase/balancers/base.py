@@ -39,6 +39,7 @@ class Balancer(ABC):
     name: ClassVar[str]
     needs_retain: ClassVar[bool] = True
     backward_passes: ClassVar[int] = 1
+    constrains_update: ClassVar[bool] = False  # the loop then keeps θ before the step for it
 
     def __init__(self, settings: BalancerSettings):
         self.settings = settings
@@ -57,6 +58,14 @@ class Balancer(ABC):
         ``retain_value`` is ℓ_r averaged over all processes (the loop passes it so that λ stays
         the same on every GPU); when absent the local value is used."""
 
+    def constrain_update(
+        self, params: list[torch.Tensor], before: torch.Tensor, keep: torch.Tensor | None
+    ) -> dict[str, float]:
+        """Called right after ``optimizer.step()`` for balancers with ``constrains_update``: the
+        update the optimiser applied is θ − ``before`` (flat); change it in place if the
+        balancer's guarantee must hold for it. ``keep`` marks the coordinates the mask lets move."""
+        return {}
+
     def after_step(self, loss_retain_before: float | None, retain_after: Callable[[], float]) -> dict[str, float]:
         """Called after ``optimizer.step()``; ``retain_after()`` re-evaluates ℓ_r on the same batch."""
         return {}
@@ -71,6 +80,20 @@ class Balancer(ABC):
 def flat_grad(params: list[torch.Tensor]) -> torch.Tensor:
     """All parameters' gradients as one float vector (zeros where a gradient is missing)."""
     return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float() for p in params])
+
+
+def flat_params(params: list[torch.Tensor]) -> torch.Tensor:
+    """All parameters' values as one float vector (a copy)."""
+    return torch.cat([p.detach().reshape(-1).float() for p in params])
+
+
+@torch.no_grad()
+def set_flat_params(params: list[torch.Tensor], flat: torch.Tensor) -> None:
+    """Write a flat vector back into the parameters' values (inverse of ``flat_params``)."""
+    offset = 0
+    for p in params:
+        p.copy_(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
 
 
 def set_flat_grad(params: list[torch.Tensor], flat: torch.Tensor) -> None:

@@ -5,13 +5,31 @@ backward passes give g_u and g_r, and the closed form
 
 is written into the parameters' gradients. With ε = 0 it is a one-sided projection of g_u off
 g_r. ε here is in gradient units: ε = retain_budget / learning_rate.
+
+That guarantee is about d, and holds for the parameters only if the optimiser applies −α·d (SGD).
+Adam rescales coordinates and carries momentum, so its update u (θ_{t+1} = θ_t + u) can still
+raise ℓ_r to first order. ``constrain_update`` therefore also projects the update actually
+applied: when g_r·u > ε_abs (= retain_budget, loss units per step),
+
+    u ← u − ((g_r·u − ε_abs) / ‖g_r‖²)·g_r,
+
+the smallest (Euclidean) change to the optimiser's step after which the first-order rise of ℓ_r,
+g_r·u, is at most ε_abs, whatever the optimiser. With the feasible mask, g_r is restricted to the
+coordinates it lets move, so the projection moves no rejected coordinate.
 """
 
 from __future__ import annotations
 
 import torch
 
-from erase.balancers.base import Balancer, flat_grad, register_balancer, set_flat_grad
+from erase.balancers.base import (
+    Balancer,
+    flat_grad,
+    flat_params,
+    register_balancer,
+    set_flat_grad,
+    set_flat_params,
+)
 
 
 def constrained_direction(g_u: torch.Tensor, g_r: torch.Tensor, eps: float) -> tuple[torch.Tensor, float]:
@@ -29,6 +47,11 @@ class ExplicitSurgery(Balancer):
 
     name = "explicit"
     backward_passes = 2
+    constrains_update = True
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.g_r: torch.Tensor | None = None  # this step's retain gradient, for constrain_update
 
     @staticmethod
     def _take_grads(params: list[torch.Tensor]) -> torch.Tensor:
@@ -44,7 +67,19 @@ class ExplicitSurgery(Balancer):
         g_u = self._take_grads(params)
         backward(loss_retain)
         g_r = self._take_grads(params)
+        self.g_r = g_r
         eps = self.settings.retain_budget / self.settings.learning_rate
         direction, lam = constrained_direction(g_u, g_r, eps)
         set_flat_grad(params, direction)
         return {"lambda": lam, "grad_dot": float(g_u.dot(g_r))}
+
+    @torch.no_grad()
+    def constrain_update(self, params, before, keep):
+        update = flat_params(params) - before
+        g_r = self.g_r if keep is None else self.g_r * keep
+        rise = float(g_r.dot(update))
+        excess = rise - self.settings.retain_budget
+        norm_sq = float(g_r.dot(g_r))
+        if excess > 0 and norm_sq > 0:
+            set_flat_params(params, before + update - (excess / norm_sq) * g_r)
+        return {"update_retain_rise": rise, "update_projected": float(excess > 0 and norm_sq > 0)}
