@@ -36,7 +36,15 @@ class TrainConfig:
     allow_pickle: bool = field(
         default=False, metadata={"help": "allow a .ckpt/.pt/.bin base model (read with weights_only=True)"}
     )
-    method: Method = field(default="eupmu", metadata={"help": "how ℓ_u and ℓ_r are balanced"})
+    method: Method = field(
+        default="eupmu",
+        metadata={
+            "help": "how ℓ_u and ℓ_r are balanced: eupmu (one backward of ℓ_u + λ·ℓ_r, λ from ℓ_r re-measured after "
+            "the step), eupmu-fast (λ from the next batch's ℓ_r), explicit (two backwards, closed-form λ*; the update "
+            "Adam applies is then projected so ℓ_r rises at most --retain-budget per step, to first order), "
+            "weighted (ℓ_u + w·ℓ_r), none (ESD: ℓ_u alone)"
+        },
+    )
     parameters: ParameterSet = field(default="xattn", metadata={"help": "which UNet parameters are trained"})
     loss: UnlearnLoss = field(default="negative-guidance", metadata={"help": "the unlearning loss ℓ_u"})
     anchor: str = field(
@@ -54,13 +62,34 @@ class TrainConfig:
         default=0.0,
         metadata={"help": "ε_abs: allowed rise of ℓ_r per step, in loss units (eupmu*, explicit); 0 = never rise"},
     )
-    lambda_lr: float = field(
-        default=3e6,
-        metadata={"help": "β_abs: λ's change per unit of ℓ_r overrun (ℓ_r moves ~1e-6 a step on the default model)"},
+    lambda_lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "β_abs: λ's change per unit of ℓ_r overrun, in loss units (model-dependent). Default: calibrated "
+            "from the run's own Δℓ_r noise over --lambda-warmup steps, as --lambda-gain / σ(Δℓ_r)"
+        },
     )
+    lambda_gain: float = field(
+        default=1.0, metadata={"help": "calibrated β: how far one σ of Δℓ_r noise moves λ in one step"}
+    )
+    lambda_warmup: int = field(
+        default=10,
+        metadata={
+            "help": "calibration warm-up steps: λ takes the explicit closed form λ* (two backwards) meanwhile, "
+            "and starts from their median"
+        },
+    )
+    lambda_init: float = field(default=0.0, metadata={"help": "λ's start when --lambda-lr is given"})
     lambda_max: float = field(default=100.0, metadata={"help": "D: λ is clipped to [0, D]"})
     retain_weight: float = field(default=1.0, metadata={"help": "w for --method weighted"})
-    mask: Literal["none", "feasible"] = field(default="none", metadata={"help": "masked feasible updates plug-in"})
+    mask: Literal["none", "feasible"] = field(
+        default="none",
+        metadata={
+            "help": "masked feasible updates: a coordinate moves only if a one-sided t-test over the retain "
+            "gradient's micro-batches says moving it does not raise ℓ_r; the others keep their exact values, "
+            "also under Adam"
+        },
+    )
     mask_delta: float = field(default=0.05, metadata={"help": "mask: 1 − confidence of the sign test"})
     mask_micro_batches: int = field(default=4, metadata={"help": "mask: micro-batches for the retain-gradient spread"})
     x_source: Literal["bank", "sample"] = field(
@@ -98,7 +127,8 @@ class TrainConfig:
             "eta",
             "learning_rate",
             "retain_budget",
-            "lambda_lr",
+            "lambda_gain",
+            "lambda_init",
             "lambda_max",
             "retain_weight",
             "max_grad_norm",
@@ -111,8 +141,12 @@ class TrainConfig:
         check_seed(self.seed)
         if self.batch_size > MAX_BATCH:
             raise InputError(f"--batch-size must be at most {MAX_BATCH}, got {self.batch_size}")
-        if self.learning_rate == 0 or self.lambda_lr == 0:
-            raise InputError("--learning-rate and --lambda-lr must be > 0")
+        if self.learning_rate == 0 or self.lambda_gain == 0:
+            raise InputError("--learning-rate and --lambda-gain must be > 0")
+        if self.lambda_lr is not None and not (math.isfinite(self.lambda_lr) and self.lambda_lr > 0):
+            raise InputError(f"--lambda-lr must be a finite number > 0 (or left out: calibrated), got {self.lambda_lr}")
+        if self.lambda_warmup < 2:
+            raise InputError(f"--lambda-warmup must be at least 2 (steps to measure noise on), got {self.lambda_warmup}")
         if not 0 <= self.t_min <= self.t_max <= 999:
             raise InputError(f"timesteps must satisfy 0 ≤ --t-min ≤ --t-max ≤ 999, got {self.t_min}..{self.t_max}")
         if self.mask == "feasible" and (self.mask_micro_batches < 2 or not 0 < self.mask_delta < 0.5):

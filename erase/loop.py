@@ -172,6 +172,9 @@ class ErasureRun:
                 retain_budget=cfg.retain_budget,
                 lambda_lr=cfg.lambda_lr,
                 lambda_max=cfg.lambda_max,
+                lambda_init=cfg.lambda_init,
+                lambda_gain=cfg.lambda_gain,
+                lambda_warmup=cfg.lambda_warmup,
                 learning_rate=cfg.learning_rate,
             ),
         )
@@ -399,6 +402,7 @@ class ErasureRun:
             if acc.is_main_process:
                 with open(log_path, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(log) + "\n")
+                self._record_calibration(log)
                 if (self.step + 1) % cfg.checkpoint_every == 0 and self.step + 1 < cfg.steps:
                     self._checkpoint(self.step + 1)
             bar.update(1)
@@ -412,6 +416,15 @@ class ErasureRun:
         if acc.is_main_process:
             self._save_pipeline()
         return self.output
+
+    def _record_calibration(self, log: dict) -> None:
+        """λ's calibrated rate and start go into the run's config as well as its log: they are
+        settings the run chose, and what a user copies into --lambda-lr to repeat them."""
+        calibrated = {k.removeprefix("calibrated_"): v for k, v in log.items() if k.startswith("calibrated_")}
+        if calibrated:
+            path = self.output / CONFIG_NAME
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            write_json_atomic(path, saved | {"calibrated": calibrated | {"at_step": log["step"]}})
 
     def _check_processes_agree(self) -> None:
         """Under data parallelism every process must end with the same weights and λ; a

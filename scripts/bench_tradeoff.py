@@ -40,7 +40,11 @@ from pipelines.files import write_json_atomic, write_text_atomic  # noqa: E402
 SWEEPS = {
     "none": [("none", {})],
     "weighted": [(f"w={w:g}", {"retain_weight": w}) for w in (0.3, 1, 3, 10, 30)],
-    "eupmu": [(f"ε={e:g}", {"retain_budget": e}) for e in (0, 1e-6, 3e-6, 1e-5)],
+    # ε = 0 is the default: λ's rate calibrated from the run's own Δℓ_r noise (gain 1). The gain
+    # points vary the calibration; β=3e6 is the fixed rate that was the default before it.
+    "eupmu": [(f"ε={e:g}", {"retain_budget": e}) for e in (0, 1e-6, 3e-6, 1e-5)]
+    + [(f"gain={g:g}", {"lambda_gain": g}) for g in (0.1, 0.3, 3)]
+    + [("β=3e6", {"lambda_lr": 3e6})],
     # eupmu-fast's Δℓ_r carries batch-to-batch noise (~1e-4 here, 100× the step-to-step change),
     # so its natural knob is a smaller λ rate β.
     "eupmu-fast": [(f"β={b}", {"lambda_lr": float(b)}) for b in ("3e4", "3e5", "3e6")],
@@ -104,11 +108,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row = {"target": target, "method": method, "setting": setting, "seed": seed}
                 row |= {"train_seconds": round(seconds, 1), "fid_vs_base": round(fid, 2)}
                 row |= summarise(kind, name, report)
+                row |= lambda_behaviour(run / "train_log.jsonl", config)
                 rows.append(row)
                 write_json_atomic(results_file, rows)
                 print(_line(row), flush=True)
     _write_table_and_plots(rows, out)
     return rows
+
+
+def lambda_behaviour(log_file: Path, config: TrainConfig) -> dict:
+    """How λ moved after the calibration warm-up: the share of steps at 0 or at its cap, its
+    mean, and its median step-to-step change against that mean (a tracking λ moves little)."""
+    log = [json.loads(line) for line in log_file.read_text().splitlines()]
+    lambdas = [e["lambda"] for e in log if "lambda" in e and not e.get("warmup")]
+    if config.method not in ("eupmu", "eupmu-fast") or len(lambdas) < 3:
+        return {}
+    mean = statistics.mean(lambdas)
+    moves = [abs(b - a) for a, b in zip(lambdas, lambdas[1:], strict=False)]
+    return {
+        "lambda_at_bounds": round(sum(lam <= 0 or lam >= config.lambda_max for lam in lambdas) / len(lambdas), 3),
+        "lambda_mean": round(mean, 4),
+        "lambda_move_ratio": round(statistics.median(moves) / mean, 3) if mean > 0 else None,
+    }
 
 
 def _points(only: list[str], parser: argparse.ArgumentParser) -> list[tuple[str, str, dict]]:
@@ -140,9 +161,15 @@ def _spread(values: list[float], percent: bool = True) -> str:
 
 def _line(row: dict) -> str:
     kept = row["others_mean"]
+    lam = (
+        f"  λ: bounds {row['lambda_at_bounds']:.0%} mean {row['lambda_mean']:.3g} move/mean {row['lambda_move_ratio']}"
+        if "lambda_mean" in row
+        else ""
+    )
     return (
         f"{row['target']:12s} {row['method']:11s} {row['setting']:8s} s{row['seed']}  "
         f"UA {1 - row['erased']:6.1%}  kept {kept:6.1%}  FID {row['fid_vs_base']:7.2f}  {row['train_seconds']:5.1f}s"
+        + lam
     )
 
 

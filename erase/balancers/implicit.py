@@ -1,46 +1,107 @@
 """EUPMU, the seed paper's implicit gradient surgery: one backward pass of ℓ_u + λ·ℓ_r, with λ
-learnt from loss values (METHOD.md, variant 2), and its cheaper "fast" variant (variant 3)."""
+learnt from loss values (METHOD.md, variant 2), and its cheaper "fast" variant (variant 3).
+
+With ``lambda_lr`` unset (None), λ's rate and start are calibrated over a short warm-up
+(``calibration.py``); given, they are used as they are (β_abs, and λ from ``lambda_init``).
+"""
 
 from __future__ import annotations
 
-from erase.balancers.base import Balancer, BalancerSettings, LagrangeMultiplier, register_balancer
+from erase.balancers.base import (
+    Balancer,
+    BalancerSettings,
+    LagrangeMultiplier,
+    flat_grad,
+    register_balancer,
+    set_flat_grad,
+)
+from erase.balancers.calibration import Calibration
+from erase.balancers.explicit import constrained_direction
 
 
 @register_balancer
 class ImplicitSurgery(Balancer):
     """`eupmu`: after the step, ℓ_r is re-evaluated at θ_{t+1} on the *same* batch, noise and
-    timesteps (no grad), and Δℓ_r drives λ. Reads retain_budget, lambda_lr, lambda_max."""
+    timesteps (no grad), and Δℓ_r drives λ. Reads retain_budget, lambda_lr (None: calibrate,
+    with lambda_gain and lambda_warmup), lambda_max, lambda_init, learning_rate (warm-up's ε)."""
 
     name = "eupmu"
 
     def __init__(self, settings: BalancerSettings):
         super().__init__(settings)
+        calibrating = settings.lambda_lr is None
         self.multiplier = LagrangeMultiplier(
-            settings.lambda_lr, settings.retain_budget, settings.lambda_max, settings.lambda_init
+            0.0 if calibrating else settings.lambda_lr,
+            settings.retain_budget,
+            settings.lambda_max,
+            0.0 if calibrating else settings.lambda_init,
         )
+        self.calibration = Calibration(settings.lambda_gain, settings.lambda_warmup) if calibrating else None
+
+    @property
+    def warming_up(self) -> bool:
+        return self.calibration is not None and self.calibration.active
 
     def backward(self, loss_forget, loss_retain, params, backward, retain_value=None):
+        if self.warming_up:
+            return self._explicit_backward(loss_forget, loss_retain, params, backward)
         used = self.multiplier.value
         backward(loss_forget + used * loss_retain)
         return {"lambda": used}
 
+    def _explicit_backward(self, loss_forget, loss_retain, params, backward) -> dict[str, float]:
+        """A warm-up step: d = g_u + λ*·g_r from two backward passes, λ* recorded."""
+        for p in params:
+            p.grad = None
+        backward(loss_forget, retain_graph=True)
+        g_u = flat_grad(params)
+        for p in params:
+            p.grad = None
+        backward(loss_retain)
+        g_r = flat_grad(params)
+        eps = self.settings.retain_budget / self.settings.learning_rate
+        direction, lam = constrained_direction(g_u, g_r, eps)
+        set_flat_grad(params, direction)
+        lam = min(lam, self.settings.lambda_max)
+        self.calibration.observe_lambda(lam if float(g_r.dot(g_r)) > 0 else None)
+        return {"lambda": lam, "warmup": 1.0}
+
+    def _learn(self, increase: float) -> dict[str, float]:
+        """Feed one Δℓ_r to the calibration (warm-up) or to λ's update."""
+        if self.calibration is not None and self.calibration.active:
+            result = self.calibration.observe_increase(increase)
+            if result:
+                self.multiplier.lr = result["lambda_lr"]
+                self.multiplier.value = min(result["lambda_init"], self.settings.lambda_max)
+                return {f"calibrated_{k}": v for k, v in result.items()}
+            return {}
+        self.multiplier.update(increase)
+        return {}
+
     def after_step(self, loss_retain_before, retain_after):
         after = retain_after()
         increase = after - loss_retain_before
-        self.multiplier.update(increase)
-        return {"retain_after": after, "retain_increase": increase, "lambda_next": self.multiplier.value}
+        logs = self._learn(increase)
+        return logs | {"retain_after": after, "retain_increase": increase, "lambda_next": self.multiplier.value}
 
     def state_dict(self):
-        return self.multiplier.state_dict()
+        state = self.multiplier.state_dict() | {"lambda_lr": self.multiplier.lr}
+        if self.calibration is not None:
+            state["calibration"] = self.calibration.state_dict()
+        return state
 
     def load_state_dict(self, state):
         self.multiplier.load_state_dict(state)
+        self.multiplier.lr = float(state.get("lambda_lr", self.multiplier.lr))
+        if self.calibration is not None and "calibration" in state:
+            self.calibration.load_state_dict(state["calibration"])
 
 
 @register_balancer
 class FastImplicitSurgery(ImplicitSurgery):
     """`eupmu-fast`: no extra forward; the next step's ℓ_r(θ_{t+1}) on the *next* batch stands in
-    for the re-evaluation. Cheaper, noisier (batch-to-batch variance enters Δℓ_r)."""
+    for the re-evaluation. Cheaper, noisier (batch-to-batch variance enters Δℓ_r; a calibrated β
+    is smaller for it, by that noise)."""
 
     name = "eupmu-fast"
 
@@ -53,7 +114,7 @@ class FastImplicitSurgery(ImplicitSurgery):
         logs = {}
         if self.previous_retain is not None:
             logs["retain_increase"] = current - self.previous_retain
-            self.multiplier.update(logs["retain_increase"])
+            logs |= self._learn(logs["retain_increase"])
         self.previous_retain = current
         return logs | super().backward(loss_forget, loss_retain, params, backward, retain_value)
 
@@ -61,8 +122,8 @@ class FastImplicitSurgery(ImplicitSurgery):
         return {}
 
     def state_dict(self):
-        return self.multiplier.state_dict() | {"previous_retain": self.previous_retain}
+        return super().state_dict() | {"previous_retain": self.previous_retain}
 
     def load_state_dict(self, state):
-        self.multiplier.load_state_dict(state)
+        super().load_state_dict(state)
         self.previous_retain = state.get("previous_retain")
