@@ -141,12 +141,13 @@ class TrainConfig:
         check_seed(self.seed)
         if self.batch_size > MAX_BATCH:
             raise InputError(f"--batch-size must be at most {MAX_BATCH}, got {self.batch_size}")
-        if self.learning_rate == 0 or self.lambda_gain == 0:
-            raise InputError("--learning-rate and --lambda-gain must be > 0")
+        for name in ("learning_rate", "lambda_gain"):
+            if getattr(self, name) == 0:
+                raise InputError(f"--{name.replace('_', '-')} must be > 0, got 0")
         if self.lambda_lr is not None and not (math.isfinite(self.lambda_lr) and self.lambda_lr > 0):
             raise InputError(f"--lambda-lr must be a finite number > 0 (or left out: calibrated), got {self.lambda_lr}")
         if self.lambda_warmup < 2:
-            raise InputError(f"--lambda-warmup must be at least 2 (steps to measure noise on), got {self.lambda_warmup}")
+            raise InputError(f"--lambda-warmup must be at least 2 (steps to measure on), got {self.lambda_warmup}")
         if not 0 <= self.t_min <= self.t_max <= 999:
             raise InputError(f"timesteps must satisfy 0 ≤ --t-min ≤ --t-max ≤ 999, got {self.t_min}..{self.t_max}")
         if self.mask == "feasible" and (self.mask_micro_batches < 2 or not 0 < self.mask_delta < 0.5):

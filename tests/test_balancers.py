@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from erase.balancers import BALANCERS, BalancerSettings, LagrangeMultiplier, build_balancer
+from erase.balancers.calibration import MAD_TO_SIGMA, Calibration
 from erase.balancers.explicit import constrained_direction
 from erase.mask import FeasibleMask, student_t_quantile
 
@@ -167,3 +170,46 @@ def test_student_t_quantile_matches_the_tables(p, dof, table):
 def test_mask_settings_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FeasibleMask(**kwargs)
+
+
+def test_calibrated_rate_is_gain_over_the_noise_of_the_retain_change():
+    """Δℓ_r drawn with a known spread σ = 3e-5 around a drift: β_abs = gain / σ (within the
+    sampling error of a median absolute deviation over 400 draws), whatever the loss scale."""
+    generator = torch.Generator().manual_seed(0)
+    for scale in (1e-6, 1.0):  # the same noise in other loss units gives the same λ steps
+        calibration = Calibration(gain=2.0, warmup=401)
+        draws = (1e-5 + 3e-5 * torch.randn(401, generator=generator)) * scale
+        result = {}
+        for value in draws.tolist():
+            calibration.observe_lambda(0.7)
+            result = calibration.observe_increase(value)
+        assert result["retain_increase_noise"] == pytest.approx(3e-5 * scale, rel=0.12)
+        assert result["lambda_lr"] == pytest.approx(2.0 / (3e-5 * scale), rel=0.12)
+        assert result["lambda_init"] == 0.7
+
+
+def test_calibration_ignores_the_first_step_and_an_outlier():
+    """The first step (from θ*, pure ESD) rises far more than the rest: it is left out, and the
+    robust spread is not pulled by one large value later either."""
+    calibration = Calibration(gain=1.0, warmup=6)
+    for value in [9.0, 2.0, -1.0, 1.0, 50.0, -2.0]:
+        calibration.observe_lambda(None)
+        result = calibration.observe_increase(value)
+    # steps 2–6: median 1, absolute deviations 1, 2, 0, 49, 3 → median 2 (with step 1: 3; σ: 20)
+    assert result["retain_increase_noise"] == pytest.approx(MAD_TO_SIGMA * 2.0)
+    assert result["lambda_init"] == 0.0  # no step had a retain gradient
+
+
+@pytest.mark.parametrize("name", ["eupmu", "eupmu-fast"])
+def test_warm_up_takes_lambda_star_and_starts_lambda_there(name):
+    """On the linear problem λ* = 0.5 at every step (ε = 0). During the warm-up λ is λ*, not 0
+    and not the cap; afterwards λ starts at their median and, with SGD's Δℓ_r = 0.1 − 0.2λ = 0
+    there, stays at 0.5."""
+    settings = BalancerSettings(retain_budget=0.0, lambda_lr=None, lambda_warmup=4, lambda_max=10.0)
+    lambdas, _, balancer = run_sgd(name, settings, steps=12)
+    assert lambdas[:4] == pytest.approx([0.5] * 4)
+    assert balancer.calibration.result is not None and balancer.calibration.result["lambda_init"] == 0.5
+    assert lambdas[-1] == pytest.approx(0.5, abs=1e-3)
+    fresh = build_balancer(name, settings)
+    fresh.load_state_dict(json.loads(json.dumps(balancer.state_dict())))  # checkpoints store JSON
+    assert fresh.state_dict() == balancer.state_dict()
