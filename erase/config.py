@@ -62,24 +62,25 @@ class TrainConfig:
         default=0.0,
         metadata={"help": "ε_abs: allowed rise of ℓ_r per step, in loss units (eupmu*, explicit); 0 = never rise"},
     )
-    lambda_lr: float | None = field(
+    lambda_lr: float = field(
+        default=3e6,
+        metadata={"help": "β_abs: λ's change per unit of ℓ_r overrun (ℓ_r moves ~1e-6 a step on the default model)"},
+    )
+    lambda_gain: float | None = field(
         default=None,
         metadata={
-            "help": "β_abs: λ's change per unit of ℓ_r overrun, in loss units (model-dependent). Default: calibrated "
-            "from the run's own Δℓ_r noise over --lambda-warmup steps, as --lambda-gain / σ(Δℓ_r)"
+            "help": "opt-in: calibrate β_abs = G / σ(Δℓ_r) from the run's own noise over --lambda-warmup steps "
+            "instead of --lambda-lr (it tracks, but kept less than the default on the default model: README)"
         },
-    )
-    lambda_gain: float = field(
-        default=1.0, metadata={"help": "calibrated β: how far one σ of Δℓ_r noise moves λ in one step"}
     )
     lambda_warmup: int = field(
         default=10,
         metadata={
-            "help": "calibration warm-up steps: λ takes the explicit closed form λ* (two backwards) meanwhile, "
-            "and starts from their median"
+            "help": "with --lambda-gain: warm-up steps in which λ takes the explicit closed form λ* (two backwards); "
+            "λ then starts from their median"
         },
     )
-    lambda_init: float = field(default=0.0, metadata={"help": "λ's start when --lambda-lr is given"})
+    lambda_init: float = field(default=0.0, metadata={"help": "λ's start (without --lambda-gain)"})
     lambda_max: float = field(default=100.0, metadata={"help": "D: λ is clipped to [0, D]"})
     retain_weight: float = field(default=1.0, metadata={"help": "w for --method weighted"})
     mask: Literal["none", "feasible"] = field(
@@ -127,7 +128,7 @@ class TrainConfig:
             "eta",
             "learning_rate",
             "retain_budget",
-            "lambda_gain",
+            "lambda_lr",
             "lambda_init",
             "lambda_max",
             "retain_weight",
@@ -141,11 +142,11 @@ class TrainConfig:
         check_seed(self.seed)
         if self.batch_size > MAX_BATCH:
             raise InputError(f"--batch-size must be at most {MAX_BATCH}, got {self.batch_size}")
-        for name in ("learning_rate", "lambda_gain"):
+        for name in ("learning_rate", "lambda_lr"):
             if getattr(self, name) == 0:
                 raise InputError(f"--{name.replace('_', '-')} must be > 0, got 0")
-        if self.lambda_lr is not None and not (math.isfinite(self.lambda_lr) and self.lambda_lr > 0):
-            raise InputError(f"--lambda-lr must be a finite number > 0 (or left out: calibrated), got {self.lambda_lr}")
+        if self.lambda_gain is not None and not (math.isfinite(self.lambda_gain) and self.lambda_gain > 0):
+            raise InputError(f"--lambda-gain must be a finite number > 0, got {self.lambda_gain}")
         if self.lambda_warmup < 2:
             raise InputError(f"--lambda-warmup must be at least 2 (steps to measure on), got {self.lambda_warmup}")
         if not 0 <= self.t_min <= self.t_max <= 999:

@@ -40,11 +40,10 @@ from pipelines.files import write_json_atomic, write_text_atomic  # noqa: E402
 SWEEPS = {
     "none": [("none", {})],
     "weighted": [(f"w={w:g}", {"retain_weight": w}) for w in (0.3, 1, 3, 10, 30)],
-    # ε = 0 is the default: λ's rate calibrated from the run's own Δℓ_r noise (gain 1). The gain
-    # points vary the calibration; β=3e6 is the fixed rate that was the default before it.
+    # ε = 0 is the default (β = 3e6). The gain points calibrate β from the run's own Δℓ_r noise
+    # instead (--lambda-gain, calibration.py).
     "eupmu": [(f"ε={e:g}", {"retain_budget": e}) for e in (0, 1e-6, 3e-6, 1e-5)]
-    + [(f"gain={g:g}", {"lambda_gain": g}) for g in (0.1, 0.3, 3)]
-    + [("β=3e6", {"lambda_lr": 3e6})],
+    + [(f"gain={g:g}", {"lambda_gain": g}) for g in (0.1, 0.3, 1, 3)],
     # eupmu-fast's Δℓ_r carries batch-to-batch noise (~1e-4 here, 100× the step-to-step change),
     # so its natural knob is a smaller λ rate β.
     "eupmu-fast": [(f"β={b}", {"lambda_lr": float(b)}) for b in ("3e4", "3e5", "3e6")],

@@ -77,7 +77,7 @@ CASES = [
     ("train-budget-negative", TRAIN + ["--concept", "x", "--retain-budget", "-1"], "--retain-budget must be"),
     ("train-eta-nan", TRAIN + ["--concept", "x", "--eta", "nan"], "--eta must be a finite number"),
     ("train-lr-zero", TRAIN + ["--concept", "x", "--learning-rate", "0"], "--learning-rate must be > 0"),
-    ("train-lambda-lr-zero", TRAIN + ["--concept", "x", "--lambda-lr", "0"], "--lambda-lr must be a finite number > 0"),
+    ("train-lambda-gain-zero", TRAIN + ["--concept", "x", "--lambda-gain", "0"], "--lambda-gain must be a finite"),
     ("train-lambda-warmup-one", TRAIN + ["--concept", "x", "--lambda-warmup", "1"], "--lambda-warmup must be at"),
     ("train-t-range", TRAIN + ["--concept", "x", "--t-min", "500", "--t-max", "100"], "--t-min ≤ --t-max"),
     (

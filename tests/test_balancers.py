@@ -205,7 +205,7 @@ def test_warm_up_takes_lambda_star_and_starts_lambda_there(name):
     """On the linear problem λ* = 0.5 at every step (ε = 0). During the warm-up λ is λ*, not 0
     and not the cap; afterwards λ starts at their median and, with SGD's Δℓ_r = 0.1 − 0.2λ = 0
     there, stays at 0.5."""
-    settings = BalancerSettings(retain_budget=0.0, lambda_lr=None, lambda_warmup=4, lambda_max=10.0)
+    settings = BalancerSettings(retain_budget=0.0, lambda_gain=1.0, lambda_warmup=4, lambda_max=10.0)
     lambdas, _, balancer = run_sgd(name, settings, steps=12)
     assert lambdas[:4] == pytest.approx([0.5] * 4)
     assert balancer.calibration.result is not None and balancer.calibration.result["lambda_init"] == 0.5

@@ -281,11 +281,13 @@ def test_two_process_data_parallel_run_keeps_processes_in_step(tiny_pipeline_dir
 
 @pytest.mark.parametrize("method", ["eupmu", "eupmu-fast"])
 def test_calibrated_lambda_rate_is_recorded_in_the_run_config(tiny_pipeline_dir, retain_file, tmp_path, method):
-    config = tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "run", method=method, steps=5, lambda_warmup=3)
+    config = tiny_config(
+        tiny_pipeline_dir, retain_file, tmp_path / "run", method=method, steps=5, lambda_gain=1.0, lambda_warmup=3
+    )
     run = loop.train(config)
     saved = json.loads((run / "train_config.json").read_text())
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-    assert saved["lambda_lr"] is None and saved["calibrated"]["lambda_lr"] > 0
+    assert saved["lambda_gain"] == 1.0 and saved["calibrated"]["lambda_lr"] > 0
     at = saved["calibrated"]["at_step"]
     assert at == (3 if method == "eupmu" else 4)  # eupmu-fast sees step 3's rise at step 4
     assert [bool(e.get("warmup")) for e in log] == [step < 3 for step in range(5)]

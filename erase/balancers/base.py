@@ -29,10 +29,10 @@ class BalancerSettings:
 
     retain_weight: float = 1.0  # w, for `weighted`
     retain_budget: float = 0.0  # ε_abs ≥ 0
-    lambda_lr: float | None = 1.0  # β_abs > 0; None: calibrated over a warm-up (calibration.py)
+    lambda_lr: float = 1.0  # β_abs > 0
     lambda_max: float = 100.0  # D
-    lambda_init: float = 0.0  # λ's start when lambda_lr is given
-    lambda_gain: float = 1.0  # calibrated β_abs = gain / σ(Δℓ_r)
+    lambda_init: float = 0.0  # λ's start (without calibration)
+    lambda_gain: float | None = None  # given: calibrate β_abs = gain / σ(Δℓ_r) (calibration.py)
     lambda_warmup: int = 10  # warm-up steps of the calibration
     learning_rate: float = 1e-5  # α, for the explicit variant's ε conversion
 

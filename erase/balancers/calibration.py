@@ -1,4 +1,4 @@
-"""λ's rate and starting value, calibrated from the model itself (`--lambda-lr` left unset).
+"""λ's rate and starting value, calibrated from the model itself (opt-in: `--lambda-gain`).
 
 The implicit rule λ ← clip(λ + β_abs·(Δℓ_r − ε_abs), 0, D) is an integral controller whose
 input carries noise: Δℓ_r, the retain loss's change over one step, is measured on one batch. A

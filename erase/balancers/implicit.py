@@ -1,8 +1,8 @@
 """EUPMU, the seed paper's implicit gradient surgery: one backward pass of ℓ_u + λ·ℓ_r, with λ
 learnt from loss values (METHOD.md, variant 2), and its cheaper "fast" variant (variant 3).
 
-With ``lambda_lr`` unset (None), λ's rate and start are calibrated over a short warm-up
-(``calibration.py``); given, they are used as they are (β_abs, and λ from ``lambda_init``).
+With ``lambda_gain`` set, λ's rate and start are calibrated over a short warm-up
+(``calibration.py``); otherwise ``lambda_lr`` (β_abs) and ``lambda_init`` are used as they are.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from erase.balancers.explicit import constrained_direction
 @register_balancer
 class ImplicitSurgery(Balancer):
     """`eupmu`: after the step, ℓ_r is re-evaluated at θ_{t+1} on the *same* batch, noise and
-    timesteps (no grad), and Δℓ_r drives λ. Reads retain_budget, lambda_lr (None: calibrate,
-    with lambda_gain and lambda_warmup), lambda_max, lambda_init, learning_rate (warm-up's ε)."""
+    timesteps (no grad), and Δℓ_r drives λ. Reads retain_budget, lambda_lr, lambda_max,
+    lambda_init, or lambda_gain and lambda_warmup (calibration; learning_rate for its ε)."""
 
     name = "eupmu"
 
     def __init__(self, settings: BalancerSettings):
         super().__init__(settings)
-        calibrating = settings.lambda_lr is None
+        calibrating = settings.lambda_gain is not None
         self.multiplier = LagrangeMultiplier(
             0.0 if calibrating else settings.lambda_lr,
             settings.retain_budget,
