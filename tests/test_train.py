@@ -20,6 +20,7 @@ from erase.balancers.base import flat_params
 from erase.cli import main
 from erase.config import TrainConfig
 from erase.params import PARAMETER_SETS
+from erase.xt_sources import Draw
 from prompts import InputError
 
 
@@ -135,8 +136,19 @@ def test_explicit_update_raises_retain_loss_at_most_by_the_budget_to_first_order
     assert projected >= 3
 
 
-def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_pipeline_dir, retain_file, tmp_path, monkeypatch):
-    settings = dict(steps=5, checkpoint_every=2, method="eupmu", retain_budget=0.0, lambda_lr=1e4)
+RESUME_CASES = {
+    "eupmu": dict(method="eupmu"),
+    "eupmu-fast": dict(method="eupmu-fast"),  # its previous ℓ_r must travel in the checkpoint
+    "eupmu-calibrated": dict(method="eupmu", lambda_gain=1.0, lambda_warmup=3),  # stops mid-warm-up
+    "explicit+mask": dict(method="explicit", mask="feasible", mask_micro_batches=2),
+    "weighted+anchor-loss": dict(method="weighted", loss="anchor", anchor="a plain circle"),
+    "none+sample": dict(method="none", x_source="sample", bank_steps=3),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME_CASES))
+def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_pipeline_dir, retain_file, tmp_path, monkeypatch, case):
+    settings = dict(steps=5, checkpoint_every=2, retain_budget=0.0, lambda_lr=1e4) | RESUME_CASES[case]
     whole = loop.train(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "whole", **settings))
 
     real = loop.ErasureRun.train_step
@@ -162,7 +174,8 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_pipeline_dir, ret
     log_b = [json.loads(x) for x in (resumed / "train_log.jsonl").read_text().splitlines()]
     strip = [{k: v for k, v in e.items() if k != "seconds"} for e in log_a]
     assert strip == [{k: v for k, v in e.items() if k != "seconds"} for e in log_b]
-    assert any(e["lambda"] > 0 for e in log_a), "λ never moved, so the test would not see a lost λ"
+    if case.startswith("eupmu"):
+        assert any(e["lambda"] > 0 for e in log_a), "λ never moved, so the test would not see a lost λ"
 
 
 def test_an_anchor_equal_to_the_prompt_gives_zero_forget_loss(tiny_pipeline_dir, retain_file, tmp_path, write):
@@ -292,3 +305,65 @@ def test_calibrated_lambda_rate_is_recorded_in_the_run_config(tiny_pipeline_dir,
     assert at == (3 if method == "eupmu" else 4)  # eupmu-fast sees step 3's rise at step 4
     assert [bool(e.get("warmup")) for e in log] == [step < 3 for step in range(5)]
     assert log[at - 1]["calibrated_lambda_lr"] == saved["calibrated"]["lambda_lr"]
+
+
+def test_erasing_moves_the_concept_prediction_away_from_the_concept_direction(tmp_path):
+    """After a short ESD run on the default model (digit three; a tiny random model has no
+    concept direction to speak of), on fresh x_t: (ε_θ(c) − ε*(c)) · (ε*(c) − ε*(∅)) < 0.
+    Swapping anchor and concept in the target (positive guidance) makes it > 0."""
+    config = TrainConfig(
+        output=str(tmp_path / "run"),
+        concept="a plain drawing of the digit three",
+        method="none",
+        steps=6,
+        batch_size=8,
+        bank_size=1,
+        bank_steps=2,
+        progress=False,
+    )
+    run = _ready_run(config)
+    for step in range(6):
+        run.step = step
+        run.train_step()
+    generator = torch.Generator().manual_seed(5)
+    size = run.family.latent_size(run.pipe)
+    x_t = torch.randn(32, run.pipe.unet.config.in_channels, *size, generator=generator)
+    t = torch.randint(200, 800, (32,), generator=generator)
+    rows = torch.zeros(32, dtype=torch.long)
+    draw = Draw(x_t, t, None, run.conditions["forget"][rows], rows)
+    with torch.no_grad():
+        erased = run._epsilon(run.unet, draw)
+        concept = run._frozen_epsilon(draw)
+        unconditional = run._frozen_epsilon(draw, run.anchors[rows])
+    assert float(((erased - concept) * (concept - unconditional)).sum()) < 0
+
+
+def test_lambda_flags_reach_the_balancer_unswapped(tiny_pipeline_dir, retain_file, tmp_path, monkeypatch):
+    """Every λ setting, with values distinct enough that any two swapped would show."""
+    import erase.loop
+
+    seen = []
+    real = erase.loop.build_balancer
+    monkeypatch.setattr(
+        erase.loop, "build_balancer", lambda name, settings: seen.append((name, settings)) or real(name, settings)
+    )
+    flags = ["--lambda-lr", "123", "--lambda-max", "45", "--lambda-init", "6", "--retain-budget", "7e-6"]
+    flags += ["--retain-weight", "8", "--lambda-warmup", "9", "--learning-rate", "2e-3", "--method", "eupmu-fast"]
+    argv = ["train", "--model", str(tiny_pipeline_dir), "--concept", "a red circle", "--retain", str(retain_file)]
+    argv += [
+        "--output",
+        str(tmp_path / "run"),
+        "--steps",
+        "1",
+        "--bank-size",
+        "1",
+        "--bank-steps",
+        "1",
+        "--no-progress",
+    ]
+    assert main(argv + flags) == 0
+    name, settings = seen[0]
+    assert name == "eupmu-fast"
+    assert (settings.lambda_lr, settings.lambda_max, settings.lambda_init) == (123.0, 45.0, 6.0)
+    assert (settings.retain_budget, settings.retain_weight, settings.lambda_warmup) == (7e-6, 8.0, 9)
+    assert settings.learning_rate == 2e-3 and settings.lambda_gain is None
