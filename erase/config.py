@@ -147,8 +147,24 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be > 0, got 0")
         if self.lambda_gain is not None and not (math.isfinite(self.lambda_gain) and self.lambda_gain > 0):
             raise InputError(f"--lambda-gain must be a finite number > 0, got {self.lambda_gain}")
-        if self.lambda_warmup < 2:
-            raise InputError(f"--lambda-warmup must be at least 2 (steps to measure on), got {self.lambda_warmup}")
+        if self.lambda_warmup < 3:
+            raise InputError(f"--lambda-warmup must be at least 3 (steps to measure on), got {self.lambda_warmup}")
+        if self.lambda_init > self.lambda_max:
+            raise InputError(f"--lambda-init {self.lambda_init} is above --lambda-max {self.lambda_max}; lower it")
+        gradient_dots = [
+            flag
+            for flag, used in (
+                ("--method explicit", self.method == "explicit"),
+                ("--mask feasible", self.mask == "feasible"),
+                ("--lambda-gain", self.lambda_gain is not None),
+            )
+            if used
+        ]
+        if self.mixed_precision == "fp16" and gradient_dots:
+            raise InputError(
+                f"--mixed-precision fp16 multiplies gradients by a loss scale, which {gradient_dots[0]} would compare "
+                "with unscaled numbers; use --mixed-precision bf16 or no"
+            )
         if not 0 <= self.t_min <= self.t_max <= 999:
             raise InputError(f"timesteps must satisfy 0 ≤ --t-min ≤ --t-max ≤ 999, got {self.t_min}..{self.t_max}")
         if self.mask == "feasible" and (self.mask_micro_batches < 2 or not 0 < self.mask_delta < 0.5):

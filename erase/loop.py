@@ -205,6 +205,7 @@ class ErasureRun:
                     "base_model_config": recorded_base(cfg.model_config) if cfg.model_config else None,
                     "base_fingerprint": self.base_fingerprint,
                     "loss_units": LOSS_UNITS,
+                    **({"calibrated": self.saved["calibrated"]} if "calibrated" in self.saved else {}),
                 },
             )
             log_path = self.output / LOG_NAME
@@ -357,7 +358,8 @@ class ErasureRun:
         before = flat_params(self.params) if keep is not None or self.balancer.constrains_update else None
         self.optimizer.step()
         if keep is not None:  # the mask's promise is about θ: Adam's momentum would move rejected ones
-            self.mask.hold(self.params, before, keep)
+            keep = self.mask.hold(self.params, before, keep, samples)
+            log["mask_moved"] = keep.float().mean().item()
         if self.balancer.constrains_update:
             log |= self.balancer.constrain_update(self.params, before, keep)
         if value_r is not None:

@@ -12,9 +12,10 @@ that moving along −d does not increase ℓ_r to first order, i.e. d_i·E[g_r,i
 normal quantile would keep a coordinate with no real sign ~2× too often at m = 4.)
 
 "Move only" is a promise about the parameters, not the gradient: Adam's momentum and its
-per-coordinate scaling move a coordinate whose gradient is zeroed. So the loop also calls
-``hold`` after the optimiser's step, putting every rejected coordinate back to its value before
-the step. Every other coordinate of d is zeroed too, so the optimiser sees the masked direction.
+per-coordinate scaling move a coordinate whose gradient is zeroed, and can move a kept one
+against the sign its test allowed. So the loop also calls ``hold`` after the optimiser's step:
+the same test is applied to the update actually made, and every coordinate that fails it here
+or failed it on d goes back to its value before the step.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def student_t_cdf(t: float, dof: int) -> float:
         for k in range(1, (dof - 1) // 2 + 1):
             series += term
             term *= cos2 * (2 * k) / (2 * k + 1)
-        inside = (2 / math.pi) * (theta + (math.sin(theta) * math.cos(theta) * series if dof > 1 else 0.0))
+        inside = (2 / math.pi) * (theta + math.sin(theta) * math.cos(theta) * series)  # series = 0 at ν = 1
     else:  # even: sinθ·(1 + 1/2·cos²θ + 1·3/(2·4)·cos⁴θ + ...)
         term, series = 1.0, 0.0
         for k in range(1, dof // 2 + 1):
@@ -80,13 +81,19 @@ class FeasibleMask:
         keep = self.keep(direction, retain_samples)
         return direction * keep, keep
 
-    @staticmethod
     @torch.no_grad()
-    def hold(params: list[torch.Tensor], before: torch.Tensor, keep: torch.Tensor) -> None:
-        """Put every rejected coordinate back to its value before the optimiser's step."""
+    def hold(
+        self, params: list[torch.Tensor], before: torch.Tensor, keep: torch.Tensor, retain_samples: torch.Tensor
+    ) -> torch.Tensor:
+        """After the optimiser's step: put back every coordinate that was rejected, or whose
+        applied update u fails the test (moving by u = −α·d means testing d ∝ −u). Returns the
+        coordinates left moved."""
+        after = torch.cat([p.detach().reshape(-1).float() for p in params])
+        allowed = keep & self.keep(before - after, retain_samples)
         offset = 0
         for p in params:
             n = p.numel()
-            rejected = ~keep[offset : offset + n].view_as(p)
+            rejected = ~allowed[offset : offset + n].view_as(p)
             p.data[rejected] = before[offset : offset + n].view_as(p)[rejected].to(p.dtype)
             offset += n
+        return allowed

@@ -4,7 +4,7 @@ The implicit rule λ ← clip(λ + β_abs·(Δℓ_r − ε_abs), 0, D) is an int
 input carries noise: Δℓ_r, the retain loss's change over one step, is measured on one batch. A
 β_abs given in loss units depends on the model's loss scale (1e-6 a step on the default model,
 other units on SD 1.5) and, set too high, makes λ bang-bang between 0 and its cap (METHOD.md,
-"In practice"). So by default β_abs comes from the run's own noise:
+"In practice"). With ``--lambda-gain`` β_abs comes from the run's own noise instead:
 
   * warm-up (the first ``warmup`` steps): λ does not integrate yet. Each step takes the explicit
     closed form instead, λ*_t = max(0, −(g_u·g_r + ε)/‖g_r‖²) from two backward passes (the only
@@ -36,9 +36,9 @@ class Calibration:
     def active(self) -> bool:
         return self.result is None
 
-    def observe_lambda(self, lam: float | None) -> None:
+    def observe_lambda(self, lam: float) -> None:
         self.steps += 1
-        if lam is not None:
+        if self.steps > 1:  # the first step starts at θ*, where g_r = 0 (or rounding noise)
             self.lambdas.append(lam)
 
     def observe_increase(self, increase: float) -> dict[str, float]:
@@ -69,13 +69,12 @@ def robust_spread(values: list[float]) -> float:
     return spread if spread > 0 else statistics.pstdev(values)
 
 
-def calibrate(increases: list[float], lambdas: list[float], gain: float) -> dict[str, float]:
+def calibrate(increases: list[float], lambdas: list[float], gain: float) -> dict[str, float | None]:
+    """The calibration; ``lambda_lr`` is None when Δℓ_r did not vary at all (nothing to divide
+    by: the balancer then keeps the given --lambda-lr and says so in the log)."""
     noise = robust_spread(increases)
-    # A run whose ℓ_r does not move at all (no conflict) has nothing to calibrate on: any β works,
-    # so take one that moves λ by `gain` per 1e-12 of rise rather than dividing by zero.
-    lambda_lr = gain / max(noise, 1e-12)
     return {
-        "lambda_lr": lambda_lr,
+        "lambda_lr": gain / noise if noise > 0 else None,
         "lambda_init": statistics.median(lambdas) if lambdas else 0.0,
         "retain_increase_noise": noise,
     }

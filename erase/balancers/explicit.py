@@ -32,6 +32,23 @@ from erase.balancers.base import (
 )
 
 
+def two_gradients(loss_forget, loss_retain, params, backward) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g_u, g_r) as flat vectors from two backward passes; the parameters' .grad is left empty."""
+
+    def take() -> torch.Tensor:
+        flat = flat_grad(params)
+        for p in params:
+            p.grad = None
+        return flat
+
+    for p in params:
+        p.grad = None
+    backward(loss_forget, retain_graph=True)  # the two losses may share the forward graph
+    g_u = take()
+    backward(loss_retain)
+    return g_u, take()
+
+
 def constrained_direction(g_u: torch.Tensor, g_r: torch.Tensor, eps: float) -> tuple[torch.Tensor, float]:
     """(d*, λ*) for flat gradients; λ* = 0 when the gradients do not conflict beyond ε."""
     norm_sq = float(g_r.dot(g_r))
@@ -53,20 +70,8 @@ class ExplicitSurgery(Balancer):
         super().__init__(settings)
         self.g_r: torch.Tensor | None = None  # this step's retain gradient, for constrain_update
 
-    @staticmethod
-    def _take_grads(params: list[torch.Tensor]) -> torch.Tensor:
-        flat = flat_grad(params)
-        for p in params:
-            p.grad = None
-        return flat
-
     def backward(self, loss_forget, loss_retain, params, backward, retain_value=None):
-        for p in params:
-            p.grad = None
-        backward(loss_forget, retain_graph=True)
-        g_u = self._take_grads(params)
-        backward(loss_retain)
-        g_r = self._take_grads(params)
+        g_u, g_r = two_gradients(loss_forget, loss_retain, params, backward)
         self.g_r = g_r
         eps = self.settings.retain_budget / self.settings.learning_rate
         direction, lam = constrained_direction(g_u, g_r, eps)
@@ -75,11 +80,13 @@ class ExplicitSurgery(Balancer):
 
     @torch.no_grad()
     def constrain_update(self, params, before, keep):
-        update = flat_params(params) - before
+        after = flat_params(params)
         g_r = self.g_r if keep is None else self.g_r * keep
-        rise = float(g_r.dot(update))
+        self.g_r = None  # one step's gradient; not kept in memory until the next
+        rise = float(g_r.dot(after - before))
         excess = rise - self.settings.retain_budget
         norm_sq = float(g_r.dot(g_r))
-        if excess > 0 and norm_sq > 0:
-            set_flat_params(params, before + update - (excess / norm_sq) * g_r)
-        return {"update_retain_rise": rise, "update_projected": float(excess > 0 and norm_sq > 0)}
+        projected = excess > 0 and norm_sq > 0
+        if projected:  # θ − c·g_r: coordinates outside g_r's support keep their exact values
+            set_flat_params(params, after - (excess / norm_sq) * g_r)
+        return {"update_retain_rise": rise, "update_projected": float(projected)}

@@ -7,16 +7,9 @@ With ``lambda_gain`` set, λ's rate and start are calibrated over a short warm-u
 
 from __future__ import annotations
 
-from erase.balancers.base import (
-    Balancer,
-    BalancerSettings,
-    LagrangeMultiplier,
-    flat_grad,
-    register_balancer,
-    set_flat_grad,
-)
+from erase.balancers.base import Balancer, BalancerSettings, LagrangeMultiplier, register_balancer, set_flat_grad
 from erase.balancers.calibration import Calibration
-from erase.balancers.explicit import constrained_direction
+from erase.balancers.explicit import constrained_direction, two_gradients
 
 
 @register_balancer
@@ -50,27 +43,21 @@ class ImplicitSurgery(Balancer):
         return {"lambda": used}
 
     def _explicit_backward(self, loss_forget, loss_retain, params, backward) -> dict[str, float]:
-        """A warm-up step: d = g_u + λ*·g_r from two backward passes, λ* recorded."""
-        for p in params:
-            p.grad = None
-        backward(loss_forget, retain_graph=True)
-        g_u = flat_grad(params)
-        for p in params:
-            p.grad = None
-        backward(loss_retain)
-        g_r = flat_grad(params)
+        """A warm-up step: d = g_u + λ*·g_r (λ* clipped to D) from two backward passes; λ* recorded."""
+        g_u, g_r = two_gradients(loss_forget, loss_retain, params, backward)
         eps = self.settings.retain_budget / self.settings.learning_rate
-        direction, lam = constrained_direction(g_u, g_r, eps)
-        set_flat_grad(params, direction)
-        lam = min(lam, self.settings.lambda_max)
-        self.calibration.observe_lambda(lam if float(g_r.dot(g_r)) > 0 else None)
+        lam = min(constrained_direction(g_u, g_r, eps)[1], self.settings.lambda_max)
+        set_flat_grad(params, g_u + lam * g_r)
+        self.calibration.observe_lambda(lam)
         return {"lambda": lam, "warmup": 1.0}
 
     def _learn(self, increase: float) -> dict[str, float]:
         """Feed one Δℓ_r to the calibration (warm-up) or to λ's update."""
-        if self.calibration is not None and self.calibration.active:
+        if self.warming_up:
             result = self.calibration.observe_increase(increase)
             if result:
+                if result["lambda_lr"] is None:  # ℓ_r never moved: nothing to calibrate on
+                    result["lambda_lr"] = self.settings.lambda_lr
                 self.multiplier.lr = result["lambda_lr"]
                 self.multiplier.value = min(result["lambda_init"], self.settings.lambda_max)
                 return {f"calibrated_{k}": v for k, v in result.items()}
