@@ -24,6 +24,13 @@ from pipelines.loading import ModelLoadError, load_pipeline
 from pipelines.single_file import save_single_file
 from prompts import InputError
 
+
+def short_run(folder, output, retain, **kw) -> dict:
+    """TrainConfig settings of a few-step run on a tiny pipeline folder."""
+    settings = dict(concept="a drawing of a cat", steps=2, batch_size=2, bank_size=1, bank_steps=1, progress=False)
+    return settings | dict(output=str(output), model=str(folder), retain=str(retain)) | kw
+
+
 FOLDERS = {"sd1": "tiny_pipeline_dir", "sd2": "tiny_sd2_dir", "sdxl": "tiny_sdxl_dir"}
 CLASSES = {"sd1": StableDiffusionPipeline, "sd2": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}
 
@@ -144,19 +151,7 @@ def test_every_command_end_to_end(name, request, write, tmp_path, no_network):
 )
 def test_sdxl_trains_with_every_source_balancer_mask_and_parameter_set(settings, tiny_sdxl_dir, write, tmp_path):
     retain = write("retain.txt", "a drawing of a house\na drawing of a dog\n")
-    config = TrainConfig(
-        output=str(tmp_path / "run"),
-        model=str(tiny_sdxl_dir),
-        concept="a drawing of a cat",
-        retain=str(retain),
-        steps=2,
-        batch_size=2,
-        bank_size=1,
-        bank_steps=3,
-        progress=False,
-        **settings,
-    )
-    run = loop.train(config)
+    run = loop.train(TrainConfig(**short_run(tiny_sdxl_dir, tmp_path / "run", retain, bank_steps=3, **settings)))
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 2 and all(torch.isfinite(torch.tensor(entry["loss_forget"])) for entry in log)
 
@@ -232,18 +227,7 @@ def test_shipped_configs_are_built_once_when_processes_race(monkeypatch, tmp_pat
 
 def test_resuming_a_v_model_run_from_before_epsilon_units_is_refused(tiny_sd2_dir, write, tmp_path):
     retain = write("retain.txt", "a dog\n")
-    settings = dict(
-        output=str(tmp_path / "run"),
-        model=str(tiny_sd2_dir),
-        concept="a cat",
-        retain=str(retain),
-        steps=2,
-        checkpoint_every=1,
-        bank_size=1,
-        bank_steps=1,
-        batch_size=2,
-        progress=False,
-    )
+    settings = short_run(tiny_sd2_dir, tmp_path / "run", retain, concept="a cat", checkpoint_every=1)
     run = loop.ErasureRun(TrainConfig(**settings))
     run.check_inputs()
     run.setup()

@@ -74,6 +74,13 @@ def test_every_method_and_parameter_set_trains_only_its_tensors(
     assert StableDiffusionPipeline.from_pretrained(out).unet is not None
 
 
+def default_model_config(tmp_path, concept: str, **kw) -> TrainConfig:
+    """A short run on the embedded default model, whose concept and retain gradients are real
+    (a tiny random model has no concept direction, and its gradients rarely conflict)."""
+    settings = dict(steps=5, batch_size=8, bank_size=1, bank_steps=2, progress=False) | kw
+    return TrainConfig(output=str(tmp_path / "run"), concept=concept, **settings)
+
+
 def _ready_run(config) -> loop.ErasureRun:
     run = loop.ErasureRun(config)
     run.check_inputs()
@@ -112,18 +119,9 @@ def test_explicit_update_raises_retain_loss_at_most_by_the_budget_to_first_order
     """The guarantee holds for the update Adam applies, u = θ_{t+1} − θ_t: g_r·u ≤ ε_abs at every
     step. On the default model (digit three; its gradients conflict, a tiny random model's rarely
     do) Adam's own update breaks it at every step, so the projection has work to do."""
-    config = TrainConfig(
-        output=str(tmp_path / "run"),
-        concept="a red drawing of the digit three",
-        method="explicit",
-        retain_budget=budget,
-        steps=5,
-        batch_size=8,
-        bank_size=1,
-        bank_steps=2,
-        progress=False,
+    run = _ready_run(
+        default_model_config(tmp_path, "a red drawing of the digit three", method="explicit", retain_budget=budget)
     )
-    run = _ready_run(config)
     seen = {}
     project = run.balancer.constrain_update
 
@@ -326,17 +324,7 @@ def test_erasing_moves_the_concept_prediction_away_from_the_concept_direction(tm
     """After a short ESD run on the default model (digit three; a tiny random model has no
     concept direction to speak of), on fresh x_t: (ε_θ(c) − ε*(c)) · (ε*(c) − ε*(∅)) < 0.
     Swapping anchor and concept in the target (positive guidance) makes it > 0."""
-    config = TrainConfig(
-        output=str(tmp_path / "run"),
-        concept="a plain drawing of the digit three",
-        method="none",
-        steps=6,
-        batch_size=8,
-        bank_size=1,
-        bank_steps=2,
-        progress=False,
-    )
-    run = _ready_run(config)
+    run = _ready_run(default_model_config(tmp_path, "a plain drawing of the digit three", method="none", steps=6))
     for step in range(6):
         run.step = step
         run.train_step()
