@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from erase.balancers.base import flat_params, set_flat_params
+
 
 def student_t_cdf(t: float, dof: int) -> float:
     """P(T ≤ t) for Student's t with an integer number of degrees of freedom, exactly, from the
@@ -88,12 +90,7 @@ class FeasibleMask:
         """After the optimiser's step: put back every coordinate that was rejected, or whose
         applied update u fails the test (moving by u = −α·d means testing d ∝ −u). Returns the
         coordinates left moved."""
-        after = torch.cat([p.detach().reshape(-1).float() for p in params])
+        after = flat_params(params)
         allowed = keep & self.keep(before - after, retain_samples)
-        offset = 0
-        for p in params:
-            n = p.numel()
-            rejected = ~allowed[offset : offset + n].view_as(p)
-            p.data[rejected] = before[offset : offset + n].view_as(p)[rejected].to(p.dtype)
-            offset += n
+        set_flat_params(params, torch.where(allowed, after, before))
         return allowed
