@@ -1,8 +1,9 @@
 """Resumable training checkpoints made only of safetensors and JSON (no pickles).
 
 A checkpoint holds the trainable tensors, Adam's state, the balancer's state (λ), the step and
-the data generator's RNG state, so a resumed run draws the same batches, noise and timesteps
-and ends where an uninterrupted one would. Each checkpoint is written to a temporary folder and
+every process's data-generator RNG state (each process draws its own batches), so a resumed run
+draws the same batches, noise and timesteps on every process and ends where an uninterrupted
+one would. Each checkpoint is written to a temporary folder and
 renamed; the previous one is removed only after the new one is complete.
 """
 
@@ -47,14 +48,16 @@ def save_checkpoint(
     trainable: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     balancer_state: dict,
-    generator: torch.Generator,
+    rng_states: list[torch.Tensor],
 ) -> Path:
+    """``rng_states``: the data generator's state of process 0, 1, ... (one entry per process)."""
     root = Path(run_dir) / CHECKPOINTS
     target = root / f"step-{step:07d}"
     opt_tensors, opt_meta = _optimizer_tensors(optimizer)
     with atomic_folder(target, overwrite=True) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
-        save_file(opt_tensors | {"__rng__": generator.get_state()}, str(tmp / "optimizer.safetensors"))
+        rng = {_rng_key(rank): state.cpu() for rank, state in enumerate(rng_states)}
+        save_file(opt_tensors | rng, str(tmp / "optimizer.safetensors"))
         (tmp / "state.json").write_text(json.dumps({"step": step, "balancer": balancer_state, "optimizer": opt_meta}))
     for old in root.glob("step-*"):
         if old != target:
@@ -67,13 +70,19 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict, dict, torch.Tensor]:
-    """(step, trainable tensors, optimizer state_dict, balancer state, RNG state); a damaged
+def _rng_key(rank: int) -> str:
+    return "__rng__" if rank == 0 else f"__rng__.{rank}"  # process 0's key predates several processes
+
+
+def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict, dict, list[torch.Tensor]]:
+    """(step, trainable tensors, optimizer state_dict, balancer state, RNG state per process); a damaged
     checkpoint is named with the fix (it is always written whole, so something else cut it)."""
     try:
         meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
         opt = load_file(str(path / "optimizer.safetensors"))
-        rng = opt.pop("__rng__")
+        rng = [opt.pop(_rng_key(0))]
+        while _rng_key(len(rng)) in opt:
+            rng.append(opt.pop(_rng_key(len(rng))))
         return (
             int(meta["step"]),
             load_file(str(path / "trainable.safetensors")),

@@ -11,12 +11,13 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from erase import losses
@@ -33,7 +34,7 @@ from pipelines.loading import DEFAULT_MODEL_DIR, check_sampler_steps, load_pipel
 from pipelines.lock import output_lock
 from pipelines.ownership import OwnedFolder, check_outside, pipeline_entries
 from pipelines.prediction import EpsilonSpace
-from pipelines.processes import is_main_process
+from pipelines.processes import accelerator_for, is_main_process
 from pipelines.prompt_fit import require_whole
 from prompts import InputError, PromptRecord, load_prompts
 
@@ -126,8 +127,11 @@ class ErasureRun:
         cfg = self.config
         if not self.checked:
             self.check_inputs()
-        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+        self.accelerator = accelerator_for(cfg.mixed_precision)
         device = self.accelerator.device
+        if cfg.mixed_precision == "fp16" and device.type == "cpu" and self.accelerator.is_main_process:
+            # accelerate has no fp16 autocast on CPU and trains in fp32: say so rather than pretend.
+            print("note: --mixed-precision fp16 has no effect on CPU (the run is fp32); bf16 does", file=sys.stderr)
         if self.pipe is None:
             self.pipe = load_pipeline(
                 cfg.model, device=str(device), config=cfg.model_config, allow_pickle=cfg.allow_pickle
@@ -256,7 +260,13 @@ class ErasureRun:
                     param.copy_(trainable[name].to(param.device, param.dtype))
         self.optimizer.load_state_dict(opt_state)
         self.balancer.load_state_dict(balancer_state)
-        self.generator.set_state(rng)
+        if len(rng) != self.accelerator.num_processes:
+            raise InputError(
+                f"checkpoint {path} was written by {len(rng)} process(es), and this run has "
+                f"{self.accelerator.num_processes}; resume with {len(rng)} (each process's batches are in the "
+                "checkpoint), or use --overwrite to start afresh"
+            )
+        self.generator.set_state(rng[self.accelerator.process_index])
         self.start_step = step
 
     # 2. One step ----------------------------------------------------------------------------
@@ -405,8 +415,8 @@ class ErasureRun:
                 with open(log_path, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(log) + "\n")
                 self._record_calibration(log)
-                if (self.step + 1) % cfg.checkpoint_every == 0 and self.step + 1 < cfg.steps:
-                    self._checkpoint(self.step + 1)
+            if (self.step + 1) % cfg.checkpoint_every == 0 and self.step + 1 < cfg.steps:
+                self._checkpoint(self.step + 1)
             bar.update(1)
             bar.set_postfix(l_u=f"{log['loss_forget']:.4f}", lam=f"{log.get('lambda', 0):.3g}")
         bar.close()
@@ -439,9 +449,13 @@ class ErasureRun:
             raise RuntimeError(f"processes ended with different weights or λ: {every.tolist()}")
 
     def _checkpoint(self, step: int) -> None:
+        """Every process takes part (each hands over its generator's state); the main one writes."""
+        rng_states = gather_object([self.generator.get_state()])
+        if not self.accelerator.is_main_process:
+            return
         unet = self.accelerator.unwrap_model(self.unet)
         trainable = {n: p for n, p in unet.named_parameters() if n in self.param_names}
-        save_checkpoint(self.output, step, trainable, self.optimizer, self.balancer.state_dict(), self.generator)
+        save_checkpoint(self.output, step, trainable, self.optimizer, self.balancer.state_dict(), rng_states)
 
     def _save_pipeline(self) -> None:
         """Write the erased pipeline into the run folder; model_index.json last, so only a complete

@@ -20,43 +20,17 @@ or failed it on d goes back to its value before the step.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
+from scipy.special import stdtrit
 
 from erase.balancers.base import flat_params, set_flat_params
 
 
-def student_t_cdf(t: float, dof: int) -> float:
-    """P(T ≤ t) for Student's t with an integer number of degrees of freedom, exactly, from the
-    finite series for integer ν (Abramowitz & Stegun 26.7.3–4)."""
-    theta = math.atan(t / math.sqrt(dof))
-    cos2 = math.cos(theta) ** 2
-    if dof % 2:  # odd: (2/π)·(θ + sinθ·cosθ·(1 + 2/3·cos²θ + 2·4/(3·5)·cos⁴θ + ...))
-        term, series = 1.0, 0.0
-        for k in range(1, (dof - 1) // 2 + 1):
-            series += term
-            term *= cos2 * (2 * k) / (2 * k + 1)
-        inside = (2 / math.pi) * (theta + math.sin(theta) * math.cos(theta) * series)  # series = 0 at ν = 1
-    else:  # even: sinθ·(1 + 1/2·cos²θ + 1·3/(2·4)·cos⁴θ + ...)
-        term, series = 1.0, 0.0
-        for k in range(1, dof // 2 + 1):
-            series += term
-            term *= cos2 * (2 * k - 1) / (2 * k)
-        inside = math.sin(theta) * series
-    return 0.5 + 0.5 * inside  # `inside` is P(|T| < t), signed with t
-
-
 def student_t_quantile(p: float, dof: int) -> float:
-    """t with P(T ≤ t) = p (0.5 < p < 1), by bisection on the exact CDF."""
-    low, high = 0.0, 1.0
-    while student_t_cdf(high, dof) < p:
-        high *= 2
-    for _ in range(200):
-        middle = (low + high) / 2
-        low, high = (middle, high) if student_t_cdf(middle, dof) < p else (low, middle)
-    return (low + high) / 2
+    """t with P(T ≤ t) = p for Student's t with ``dof`` degrees of freedom (SciPy's inverse CDF)."""
+    return float(stdtrit(dof, p))
 
 
 @dataclass
@@ -75,7 +49,7 @@ class FeasibleMask:
         """Boolean mask over coordinates; ``retain_samples`` is (m, n), ``direction`` is (n,)."""
         m = retain_samples.shape[0]
         mean = retain_samples.mean(0)
-        se = retain_samples.std(0, unbiased=True) / m**0.5
+        se = retain_samples.std(0) / m**0.5  # torch's default: the sample std, over m − 1
         return torch.sign(direction) * mean - self.quantile * se >= 0
 
     def apply(self, direction: torch.Tensor, retain_samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

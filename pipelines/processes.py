@@ -7,7 +7,8 @@ environment; ``Accelerator`` reads that flag itself, ``PartialState`` does not.
 
 from __future__ import annotations
 
-from accelerate import PartialState
+from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import parse_flag_from_env
 
 
@@ -18,3 +19,14 @@ def process_state() -> PartialState:
 def is_main_process() -> bool:
     """True alone, or for the one process that prints and writes shared files."""
     return process_state().is_main_process
+
+
+def accelerator_for(mixed_precision: str) -> Accelerator:
+    """An ``Accelerator`` with this run's precision. accelerate fixes one precision per Python
+    process for good and refuses another later, so a second run in the same process (the Python
+    API, a notebook, a sweep) with another ``--mixed-precision`` would fail; alone, the shared
+    state is started afresh (under a launcher every process runs one configuration anyway)."""
+    settled = AcceleratorState._shared_state.get("_mixed_precision")
+    if settled not in (None, mixed_precision) and process_state().num_processes == 1:
+        AcceleratorState._reset_state()  # accelerate's own tests reset it the same way
+    return Accelerator(mixed_precision=mixed_precision)

@@ -97,9 +97,14 @@ def _lines(path: Path) -> int:
 
 def _kill_plan(rng: random.Random, kills: int, total: int) -> list[tuple[str, float]]:
     """Every fourth kill lands a random 0.5–6 s after launch (start-up: imports, model loading,
-    the latent bank); the others at distinct random counts of steps or images, in rising order."""
+    the latent bank); the others at distinct random counts of steps or images, in rising order.
+
+    Counts stay out of the last quarter of the work: the poll that sees a count runs every
+    10 ms, and a count one step before the end could be passed by a command that finishes
+    between two polls (a kill that never happens). A quarter of the steps plus the final save is
+    hundreds of polls away even for the tiny test model."""
     timed = {i for i in range(kills) if i % 4 == 3}
-    counts = iter(sorted(rng.sample(range(1, total), kills - len(timed))))
+    counts = iter(sorted(rng.sample(range(1, max(2, total - total // 4)), kills - len(timed))))
     return [
         ("time", round(rng.uniform(0.5, 6.0), 2)) if i in timed else ("progress", next(counts)) for i in range(kills)
     ]

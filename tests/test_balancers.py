@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
 
 from erase.balancers import BALANCERS, BalancerSettings, LagrangeMultiplier, build_balancer
-from erase.balancers.calibration import MAD_TO_SIGMA, Calibration
+from erase.balancers.base import flat_grad, set_flat_grad
+from erase.balancers.calibration import MAD_TO_SIGMA, Calibration, calibrate, robust_spread
 from erase.balancers.explicit import constrained_direction
 from erase.mask import FeasibleMask, student_t_quantile
 
@@ -166,7 +168,10 @@ def test_student_t_quantile_matches_the_tables(p, dof, table):
     assert student_t_quantile(p, dof) == pytest.approx(table, abs=5e-4)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"delta": 0.0}, "delta"), ({"micro_batches": 1}, "at least 2")])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"delta": 0.0}, "delta"), ({"delta": 0.5}, "delta"), ({"micro_batches": 1}, "at least 2")],  # δ = ½: t = 0
+)
 def test_mask_settings_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FeasibleMask(**kwargs)
@@ -227,3 +232,166 @@ def test_hold_puts_back_rejected_coordinates_and_kept_ones_the_optimiser_moved_u
     moved = FeasibleMask(delta=0.05, micro_batches=3).hold([theta], torch.zeros(4), keep, samples)
     assert theta.tolist() == [0.0, -1.0, 0.0, 0.0]
     assert moved.tolist() == [False, True, False, False]
+
+
+def test_every_registered_name_builds_its_own_class():
+    for name, cls in BALANCERS.items():
+        balancer = build_balancer(name, BalancerSettings())
+        assert type(balancer) is cls and balancer.name == name
+    with pytest.raises(KeyError, match="choose one of explicit, eupmu, eupmu-fast, none, weighted"):
+        build_balancer("nope", BalancerSettings())
+
+
+def test_lambda_starts_at_zero_unless_told_and_within_its_range():
+    assert LagrangeMultiplier(lr=1.0, budget=0.0, maximum=5.0).value == 0.0
+    assert LagrangeMultiplier(lr=1.0, budget=0.0, maximum=5.0, initial=7.0).value == 5.0
+    assert LagrangeMultiplier(lr=1.0, budget=0.0, maximum=5.0, initial=-1.0).value == 0.0
+
+
+def test_flat_gradients_round_trip_over_parameters_of_several_shapes_and_dtypes():
+    """The flat vector's layout is parameter after parameter; a missing .grad reads as zeros and
+    a half-precision parameter gets its gradient back in its own dtype."""
+    a = torch.nn.Parameter(torch.zeros(2, 3))
+    b = torch.nn.Parameter(torch.zeros(4, dtype=torch.float16))
+    c = torch.nn.Parameter(torch.zeros(1))
+    a.grad = torch.arange(6.0).reshape(2, 3)
+    assert flat_grad([a, c, b]).tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0] + [0.0] * 5  # c and b: no grad
+    flat = torch.arange(11.0)
+    set_flat_grad([a, b, c], flat)
+    assert a.grad.tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+    assert b.grad.dtype == torch.float16 and b.grad.tolist() == [6.0, 7.0, 8.0, 9.0]
+    assert c.grad.tolist() == [10.0]
+    assert torch.equal(flat_grad([a, b, c]), flat)
+
+
+def test_baselines_log_the_weight_they_used():
+    theta = torch.zeros(2, requires_grad=True)
+    assert build_balancer("none", BalancerSettings()).backward(*linear_problem(theta), [theta], plain_backward) == {
+        "lambda": 0.0
+    }
+    weighted = build_balancer("weighted", BalancerSettings(retain_weight=3.0))
+    assert weighted.backward(*linear_problem(theta), [theta], plain_backward) == {"lambda": 3.0}
+
+
+def shared_graph_problem(theta: torch.Tensor):
+    """Both losses from one forward pass (as in the loop, where the batch is concatenated):
+    ℓ_u = h₁ − ½h₂ and ℓ_r = h₂ with h = 2θ."""
+    h = 2 * theta
+    return h[0] - 0.5 * h[1], h[1]
+
+
+def test_explicit_takes_both_gradients_from_one_shared_forward_graph():
+    """g_u = (2, −1), g_r = (0, 2): g_u·g_r = −2, ‖g_r‖² = 4, λ* = 0.5, d = (2, 0)."""
+    theta = torch.zeros(2, requires_grad=True)
+    balancer = build_balancer("explicit", BalancerSettings())
+    logs = balancer.backward(*shared_graph_problem(theta), [theta], plain_backward)
+    assert logs == {"lambda": pytest.approx(0.5), "grad_dot": pytest.approx(-2.0)}
+    assert theta.grad.tolist() == pytest.approx([2.0, 0.0])
+
+
+def test_constrained_direction_with_a_zero_or_unit_retain_gradient():
+    g_u = torch.tensor([1.0, 0.0])
+    assert constrained_direction(g_u, torch.zeros(2), eps=0.0) == (g_u, 0.0)  # nothing to protect
+    direction, lam = constrained_direction(g_u, torch.tensor([-1.0, 0.0]), eps=0.0)  # ‖g_r‖ = 1, opposed
+    assert lam == 1.0 and direction.tolist() == [0.0, 0.0]
+
+
+def test_explicit_projects_the_applied_update_with_this_steps_retain_gradient():
+    """After its backward, an update that raises ℓ_r by g_r·u = 1 > ε_abs = 0.25 is projected
+    back to g_r·u = 0.25 along g_r = (−1, 1); an update that lowers ℓ_r is left alone."""
+    theta = torch.nn.Parameter(torch.zeros(2))
+    balancer = build_balancer("explicit", BalancerSettings(retain_budget=0.25, learning_rate=1.0))
+    balancer.backward(*linear_problem(theta), [theta], plain_backward)
+    with torch.no_grad():
+        theta.copy_(torch.tensor([-0.5, 0.5]))  # u: g_r·u = 1
+    logs = balancer.constrain_update([theta], torch.zeros(2), None)
+    assert logs == {"update_retain_rise": 1.0, "update_projected": 1.0}
+    assert theta.tolist() == pytest.approx([-0.125, 0.125])  # u − (0.75/2)·g_r: g_r·u = 0.25
+    balancer.backward(*linear_problem(theta), [theta], plain_backward)
+    with torch.no_grad():
+        theta.copy_(torch.tensor([0.5, -0.5]))
+    logs = balancer.constrain_update([theta], torch.zeros(2), None)
+    assert logs == {"update_retain_rise": -1.0, "update_projected": 0.0}
+    assert theta.tolist() == [0.5, -0.5]
+
+
+def test_implicit_logs_the_retain_change_it_learns_from_and_the_next_lambda():
+    """β = 2, ε_abs = 0.02, ℓ_r: 0.5 → 0.6 (re-evaluated after the step): λ = 2·(0.1 − 0.02)."""
+    theta = torch.zeros(2, requires_grad=True)
+    balancer = build_balancer("eupmu", BalancerSettings(retain_budget=0.02, lambda_lr=2.0))
+    balancer.backward(*linear_problem(theta), [theta], plain_backward)
+    logs = balancer.after_step(0.5, lambda: 0.6)
+    assert logs == {"retain_after": 0.6, "retain_increase": pytest.approx(0.1), "lambda_next": pytest.approx(0.16)}
+
+
+def test_fast_implicit_learns_from_the_averaged_retain_value_when_the_loop_gives_one():
+    """Several processes: the loop passes ℓ_r averaged over them, which may differ from this
+    process's own loss; λ must follow the average so that every process keeps the same λ."""
+    balancer = build_balancer("eupmu-fast", BalancerSettings(retain_budget=0.0, lambda_lr=1.0))
+    theta = torch.zeros(2, requires_grad=True)
+    balancer.backward(*linear_problem(theta), [theta], plain_backward, retain_value=1.0)  # local ℓ_r is 0
+    theta.grad = None
+    logs = balancer.backward(*linear_problem(theta), [theta], plain_backward, retain_value=1.5)
+    assert logs["retain_increase"] == 0.5 and logs["lambda"] == 0.5
+
+
+def test_warm_up_uses_the_budget_in_gradient_units_and_logs_itself():
+    """ℓ_u = θ₁, ℓ_r = 2(θ₂ − θ₁): g_u·g_r = −2, ‖g_r‖² = 8. Calibrating with ε_abs = 0.02 and
+    α = 0.1 (ε = 0.2): the warm-up's λ* = (2 − 0.2)/8 = 0.225 and d = g_u + λ*·g_r = (0.55, 0.45),
+    as the explicit balancer writes it."""
+    settings = BalancerSettings(retain_budget=0.02, learning_rate=0.1, lambda_gain=1.0, lambda_warmup=3)
+    balancer = build_balancer("eupmu", settings)
+    theta = torch.zeros(2, requires_grad=True)
+    logs = balancer.backward(theta[0], 2 * (theta[1] - theta[0]), [theta], plain_backward)
+    assert logs == {"lambda": pytest.approx(0.225), "warmup": 1.0}
+    assert theta.grad.tolist() == pytest.approx([0.55, 0.45])
+
+
+def test_lambda_init_is_where_lambda_starts():
+    theta = torch.zeros(2, requires_grad=True)
+    balancer = build_balancer("eupmu", BalancerSettings(lambda_init=2.0))
+    assert balancer.backward(*linear_problem(theta), [theta], plain_backward) == {"lambda": 2.0}
+    assert theta.grad.tolist() == [1.0 - 2.0, 2.0]
+
+
+def test_calibration_ends_with_rate_gain_over_noise_and_lambda_at_the_median():
+    """Warm-up of 4 with gain 3: λ* of steps 2–4 are 1, 2, 3 (step 1's 100 is left out, so the
+    start is 2, not 2.5); Δℓ_r of steps 2–4 are 0.1, 0.3, 0.2: median 0.2, MAD 0.1."""
+    settings = BalancerSettings(lambda_gain=3.0, lambda_warmup=4, lambda_max=50.0, lambda_lr=7.0)
+    balancer = build_balancer("eupmu", settings)
+    calibration = balancer.calibration
+    for lam, increase in zip([100.0, 1.0, 2.0, 3.0], [5.0, 0.1, 0.3, 0.2], strict=True):
+        calibration.observe_lambda(lam)
+        logs = balancer._learn(increase)
+    assert logs["calibrated_lambda_init"] == 2.0
+    assert logs["calibrated_retain_increase_noise"] == pytest.approx(MAD_TO_SIGMA * 0.1)
+    assert balancer.multiplier.lr == pytest.approx(3.0 / (MAD_TO_SIGMA * 0.1))
+    assert balancer.multiplier.value == 2.0 and not balancer.warming_up
+    fresh = build_balancer("eupmu", settings)  # resumed after the warm-up: the calibrated rate, not 7
+    fresh.load_state_dict(json.loads(json.dumps(balancer.state_dict())))
+    assert fresh.multiplier.lr == balancer.multiplier.lr and not fresh.warming_up
+
+
+def test_robust_spread_on_few_and_on_tied_values():
+    assert robust_spread([]) == 0.0 and robust_spread([4.0]) == 0.0
+    assert robust_spread([1e-7, 3e-7]) == pytest.approx(MAD_TO_SIGMA * 1e-7)  # two values: MAD = half the gap
+    assert robust_spread([1.0, 1.0, 1.0, 5.0]) == pytest.approx(statistics.pstdev([1.0, 1.0, 1.0, 5.0]))  # MAD 0
+    assert calibrate([0.1, 0.2], [], gain=1.0)["lambda_init"] == 0.0  # no λ* seen: start at 0
+
+
+def test_a_checkpoint_from_before_calibration_resumes_with_the_configured_rate():
+    """Runs saved before --lambda-gain existed stored only λ; an uncalibrated balancer ignores a
+    calibration entry it has no use for."""
+    balancer = build_balancer("eupmu", BalancerSettings(lambda_lr=3.0))
+    balancer.load_state_dict({"lambda": 0.25})
+    assert balancer.multiplier.lr == 3.0 and balancer.multiplier.value == 0.25
+    balancer.load_state_dict({"lambda": 0.5, "lambda_lr": 4.0, "calibration": {"steps": 1}})
+    assert balancer.multiplier.lr == 4.0 and balancer.calibration is None
+
+
+def test_mask_keeps_a_coordinate_the_retain_loss_does_not_depend_on():
+    """g_r = 0 on every micro-batch: moving it cannot raise ℓ_r, so it is kept (mean 0, se 0),
+    whichever way d points; a coordinate with a certain positive g_r is kept only for d > 0."""
+    samples = torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
+    keep = FeasibleMask(delta=0.05, micro_batches=3).keep(torch.tensor([-1.0, 1.0, -1.0]), samples)
+    assert keep.tolist() == [True, True, False]

@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from erase import losses
+from eval.images import load_images
+from eval.metrics import METRICS, rows_showing
+from eval.metrics import value as metric_value
 from eval.metrics.base import EvalContext, ModelImages
+from eval.metrics.clip_score import clip_score, clip_score_metrics
 from eval.metrics.erasure import erasure_metrics
 from eval.metrics.fid import fid_metrics, frechet_distance
 
@@ -118,3 +122,91 @@ def test_fid_vs_base_compares_the_run_with_the_base_not_with_itself():
     out = fid_metrics(ctx, run)
     assert out["FID_vs_base"]["value"] == pytest.approx(4.0, rel=1e-6)
     assert out["FID_vs_base"]["n"] == 60
+
+
+def test_no_forget_rows_gives_no_ua_rather_than_a_number():
+    """A prompt list without the erased concept has nothing to measure UA on: None, n = 0."""
+    entries = [{"class": "five"}, {"class": "one"}]
+    out = erasure_metrics(EvalContext([], {"class": "three"}, forget_rows=[]), _model(entries, ["five", "two"]))
+    assert out["UA"]["value"] is None and out["UA"]["n"] == 0
+    assert out["RA"]["value"] == 0.5
+
+
+def test_rows_showing_needs_every_erased_label():
+    entries = [{"class": "three", "style": "red"}, {"class": "three", "style": "blue"}, {"class": "one"}, {}]
+    assert rows_showing(entries, {"class": "three"}) == [0, 1]
+    assert rows_showing(entries, {"class": "three", "style": "red"}) == [0]
+    assert rows_showing(entries, {"style": "green"}) == []
+
+
+def test_a_metric_value_is_rounded_and_carries_its_definition():
+    assert metric_value(2 / 3, 3, "share", percent=True) == {
+        "value": 0.6667,
+        "definition": "share",
+        "n": 3,
+        "percent": True,
+    }
+    assert metric_value(None, 0, "share")["value"] is None
+
+
+def test_every_metric_module_is_registered():
+    assert {"erasure", "fid", "clip_score"} <= set(METRICS)
+    assert METRICS["erasure"] is erasure_metrics and METRICS["fid"] is fid_metrics
+
+
+# --- CLIP score -----------------------------------------------------------------------------------
+class UnitVectors:
+    """A stand-in CLIP: images and prompts map to given unit vectors, so cosines are known."""
+
+    architecture = "unit vectors (test)"
+
+    def __init__(self, text: dict[str, list[float]]):
+        self.text = text
+
+    def encode_image(self, images):
+        return torch.nn.functional.normalize(images.reshape(images.shape[0], -1).float(), dim=-1)
+
+    def encode_text(self, prompts):
+        return torch.nn.functional.normalize(torch.tensor([self.text[p] for p in prompts]), dim=-1)
+
+
+def test_clip_score_is_100_times_the_clamped_cosine_per_image():
+    """cos = 1, 0.6, −0.8 → 100, 60, 0 (negative cosines count as 0, as torchmetrics does)."""
+    encoder = UnitVectors({"a": [1.0, 0.0], "b": [0.6, 0.8], "c": [0.0, -1.0]})
+    images = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8]])
+    assert clip_score(encoder, images, ["a", "b", "c"]).tolist() == pytest.approx([100.0, 60.0, 0.0])
+
+
+def test_clip_score_metric_averages_over_the_retain_rows_of_the_model_read(tmp_path):
+    """Rows 0–1 are forget rows and must not count; rows 2–3 score 100 and 60 → 80. Images are
+    read from the model's own folder by the manifest's file names."""
+    from PIL import Image
+
+    colours = {"r.png": (255, 0, 0), "g.png": (0, 255, 0)}
+    for name, colour in colours.items():
+        Image.new("RGB", (2, 2), colour).save(tmp_path / name)
+    entries = [{"prompt": "x", "file": "g.png"}] * 2 + [
+        {"prompt": "red", "file": "r.png"},
+        {"prompt": "reddish", "file": "r.png"},
+    ]
+    model = ModelImages("run", tmp_path, entries)
+    assert model.paths([2, 0]) == [tmp_path / "r.png", tmp_path / "g.png"]
+    unit = torch.nn.functional.normalize(load_images([tmp_path / "r.png"]).reshape(-1), dim=0)
+    other = torch.randn(unit.numel(), generator=torch.Generator().manual_seed(0))
+    other = torch.nn.functional.normalize(other - other.dot(unit) * unit, dim=0)  # cos 0 with the image
+    unit, reddish = unit.tolist(), (0.6 * unit + 0.8 * other).tolist()
+    ctx = EvalContext([model], {"class": "x"}, forget_rows=[0, 1], clip=UnitVectors({"red": unit, "reddish": reddish}))
+    out = clip_score_metrics(ctx, model)["CLIP_score"]
+    assert out["value"] == pytest.approx(80.0, abs=1e-3) and out["n"] == 2
+
+
+def test_images_are_read_at_the_size_asked_for_and_read_once(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (255, 255, 255)).save(tmp_path / "w.png")
+    model = ModelImages("run", tmp_path, [{"file": "w.png"}, {"file": "w.png"}])
+    ctx = EvalContext([model], {}, forget_rows=[])
+    images = ctx.images(model, [0, 1], 4)
+    assert images.shape == (2, 3, 4, 4) and torch.allclose(images, torch.ones(2, 3, 4, 4))
+    assert ctx.images(model, [0, 1], 4) is images  # cached: FID and CLIP score share one read
+    assert ctx.images(model, [1], None).shape == (1, 3, 8, 8)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -340,3 +342,40 @@ def test_inception_fid_loads_safetensors_and_separates_shifted_sets(random_incep
         load_inception(None)
     with pytest.raises(InputError, match="must be an existing .safetensors file"):
         load_inception(str(tmp_path / "weights.pth"))
+
+
+def test_eval_of_several_runs_scores_each_against_one_set_of_base_images(
+    tiny_run, tiny_pipeline_dir, labelled_prompts, write, tmp_path
+):
+    """Two runs in one `erase eval`: the erased run and an untouched copy of the base model (how
+    a user evaluates another tool's checkpoint). The base's images are drawn once; the copy draws
+    the same pixels from the same seeds, so it must score exactly what the base scores, with
+    FID_vs_base 0, while both runs' entries carry the same base numbers."""
+    shutil.copytree(tiny_pipeline_dir, tmp_path / "untouched")
+    out = tmp_path / "report"
+    config = EvalConfig(
+        runs=[str(tiny_run), str(tmp_path / "untouched")],
+        output=str(out),
+        prompts=str(labelled_prompts),
+        forget=str(write("forget.txt", "a red drawing of the digit three\na plain drawing of the digit three\n")),
+        judge="digit-style",
+        images_per_prompt=2,
+        steps=2,
+    )
+    result = evaluate(config)
+    runs = result.metrics["runs"]
+    assert set(runs) == {"run", "untouched"}
+    assert result.metrics["generation"]["images_generated"] == 3 * 5 * 2  # base once, then each run
+    copy = runs["untouched"]
+    for key in ("UA", "RA"):
+        assert copy["erased_model"][key]["value"] == copy["base"][key]["value"], key
+    assert copy["erased_model"]["FID_vs_base"]["value"] == pytest.approx(0.0, abs=1e-3)
+    assert runs["run"]["base"] == copy["base"]
+    assert runs["run"]["erased_model"]["FID_vs_base"]["value"] > 0.01  # the erased run did change
+    first = json.loads((out / "images" / "base" / "manifest.jsonl").read_text().splitlines()[0])["file"]
+    for name in ("run", "untouched"):
+        a = np.asarray(Image.open(out / "images" / "base" / first))
+        b = np.asarray(Image.open(out / "images" / name / first))
+        assert np.array_equal(a, b) == (name == "untouched")
+    report = (out / "report.md").read_text()
+    assert "untouched" in report and "figures/run-forget.png" in report and "figures/untouched-forget.png" in report

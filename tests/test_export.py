@@ -3,6 +3,8 @@ UNet on the base, and a mismatched delta is refused."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -88,3 +90,47 @@ def test_diffusers_export_copies_a_loadable_folder(run_dir, tmp_path):
     assert (out / "model_index.json").is_file() and (out / "train_config.json").is_file()
     with pytest.raises(InputError, match="already exists"):
         export_run(run_dir, "diffusers", out)
+
+
+def component_weights(pipe, name: str) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in getattr(pipe, name).state_dict().items()}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_export_and_apply_path_through_the_cli_gives_the_runs_model(run_dir, tiny_pipeline_dir, tmp_path, capsys):
+    """What a user runs: `erase export` in each format and `erase apply` of the delta, into a
+    folder and into a single file. Each result loads, its UNet is the run's erased UNet bit for
+    bit, and the text encoder and VAE are the base's (only the UNet was trained)."""
+    base = load_pipeline(str(tiny_pipeline_dir), device="cpu")
+    erased = erased_unet(run_dir)
+    assert not same(erased, component_weights(base, "unet"))  # the run did change the UNet
+    outputs = {
+        "diffusers": tmp_path / "folder",
+        "single-file": tmp_path / "erased.safetensors",
+        "delta": tmp_path / "delta.safetensors",
+    }
+    for fmt, target in outputs.items():
+        assert main(["export", str(run_dir), "--format", fmt, "--output", str(target)]) == 0
+        assert f"{fmt} export → {target}" in capsys.readouterr().out
+    applied = {"applied-folder": tmp_path / "applied", "applied-file": tmp_path / "applied.safetensors"}
+    for name, target in applied.items():
+        fmt = ["--format", "single-file"] if name == "applied-file" else []
+        assert (
+            main(["apply", str(outputs["delta"]), "--base", str(tiny_pipeline_dir), "--output", str(target), *fmt]) == 0
+        )
+        assert f"→ {target}" in capsys.readouterr().out
+    loaded = {
+        "diffusers": load_pipeline(str(outputs["diffusers"]), device="cpu"),
+        "single-file": load_pipeline(str(outputs["single-file"]), device="cpu", config=tiny_pipeline_dir),
+        "applied-folder": load_pipeline(str(applied["applied-folder"]), device="cpu"),
+        "applied-file": load_pipeline(str(applied["applied-file"]), device="cpu", config=tiny_pipeline_dir),
+    }
+    for name, pipe in loaded.items():
+        assert same(component_weights(pipe, "unet"), erased), name
+        for part in ("text_encoder", "vae"):
+            assert same(component_weights(pipe, part), component_weights(base, part)), (name, part)
+    copied = json.loads((outputs["diffusers"] / "train_config.json").read_text())
+    assert copied == json.loads((run_dir / "train_config.json").read_text())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from erase.cli import main
 from prompts import PromptFileError, load_prompts, read_prompt_file, shipped_lists
 from prompts.shipped import LISTS_DIR
 
@@ -132,3 +133,20 @@ def test_committed_lists_match_the_generator_script():
     assert committed == set(expected)
     for relative, text in expected.items():
         assert (LISTS_DIR / relative).read_text(encoding="utf-8") == text, relative
+
+
+def test_the_prompts_command_lists_the_shipped_lists_and_shows_a_files_records(write, capsys):
+    """`erase prompts` is how a user checks what a list holds before training on it."""
+    assert main(["prompts"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert "default/classes/three-forget" in listed and "sd/imagenette" in listed
+    assert listed == sorted(listed) and len(listed) == len(shipped_lists())
+    path = write(
+        "p.csv",
+        'case_number,prompt,evaluation_seed,class,artist\n7,"a church, at night",42,church,Monet\n8,a dog,5,,\n',
+    )
+    assert main(["prompts", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "7\tseed=42\ta church, at night\t[class=church style=Monet]",
+        "8\tseed=5\ta dog",
+    ]

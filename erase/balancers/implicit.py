@@ -22,13 +22,11 @@ class ImplicitSurgery(Balancer):
 
     def __init__(self, settings: BalancerSettings):
         super().__init__(settings)
-        calibrating = settings.lambda_gain is not None
+        # With calibration the warm-up does not use λ; its end overwrites the rate and the start.
         self.multiplier = LagrangeMultiplier(
-            0.0 if calibrating else settings.lambda_lr,
-            settings.retain_budget,
-            settings.lambda_max,
-            0.0 if calibrating else settings.lambda_init,
+            settings.lambda_lr, settings.retain_budget, settings.lambda_max, settings.lambda_init
         )
+        calibrating = settings.lambda_gain is not None
         self.calibration = Calibration(settings.lambda_gain, settings.lambda_warmup) if calibrating else None
 
     @property
@@ -103,7 +101,7 @@ class FastImplicitSurgery(ImplicitSurgery):
             logs["retain_increase"] = current - self.previous_retain
             logs |= self._learn(logs["retain_increase"])
         self.previous_retain = current
-        return logs | super().backward(loss_forget, loss_retain, params, backward, retain_value)
+        return logs | super().backward(loss_forget, loss_retain, params, backward)  # λ needs no ℓ_r value
 
     def after_step(self, loss_retain_before, retain_after):
         return {}

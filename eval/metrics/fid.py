@@ -31,8 +31,9 @@ class _Features(nn.Module):
 def frechet_distance(extractor, a: torch.Tensor, b: torch.Tensor) -> float:
     """FID between two image batches in [-1, 1] in ``extractor.features``' space."""
     num_features = extractor.features(a[:1]).shape[-1]
-    # Only the main process scores, so torchmetrics must not wait for the others to sync.
-    metric = FrechetInceptionDistance(feature=_Features(extractor, num_features), normalize=True, sync_on_compute=False)
+    # Only the main process scores, so torchmetrics must not wait for the others to sync. (Its
+    # `normalize` flag is left out: with a custom feature module it does nothing to the images.)
+    metric = FrechetInceptionDistance(feature=_Features(extractor, num_features), sync_on_compute=False)
     metric.update(a, real=True)
     metric.update(b, real=False)
     return float(metric.compute())
