@@ -26,6 +26,7 @@ COMMANDS = {
     "export": "erase.commands.export",
     "apply": "erase.commands.apply",
     "eval": "erase.commands.eval",
+    "sweep": "erase.commands.sweep",
 }
 HELP = {
     "eval": "evaluate erased models: UA/RA/IRA/CRA, FID, CLIP score, and a report",
@@ -34,6 +35,7 @@ HELP = {
     "train": "erase a concept: fine-tune the UNet, write a run folder",
     "export": "write a run as a diffusers folder, a single-file checkpoint or a delta",
     "apply": "put a delta onto a base model",
+    "sweep": "erase one concept over a grid of a method's knob and seeds; write the erasure-vs-utility front",
 }
 
 

@@ -36,6 +36,7 @@ KINDS = {
     "images": "images from `erase generate`",
     "report": "an `erase eval` report",
     "pipeline": "a pipeline written by `erase export` or `erase apply`",
+    "sweep": "an `erase sweep`",
 }
 # The temporary names our writers use beside a target (tempfile.mkstemp/mkdtemp in pipelines/files.py).
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.(?:tmp|old)$")

@@ -40,6 +40,9 @@ EVAL = ["eval", "{run}", "--output", "{out}", "--prompts", "{bad}/labels.csv", "
 EVAL += ["--images-per-prompt", "1", "--steps", "1", "--no-progress"]
 EXPORT = ["export", "{run}", "--output", "{out}"]
 APPLY = ["apply", "{bad}/delta.safetensors", "--base", "{pipe}", "--output", "{out}"]
+SWEEP = ["sweep", "--model", "{pipe}", "--concept", "a red circle", "--retain", "{bad}/retain.txt", "--steps", "1"]
+SWEEP += ["--batch-size", "1", "--bank-size", "1", "--bank-steps", "1", "--output", "{out}", "--no-progress"]
+SWEEP += ["--prompts", "{bad}/labels.csv", "--judge", "digit-style", "--grid", "none"]
 
 
 def swap(argv: list[str], old: str, new: str) -> list[str]:
@@ -174,6 +177,13 @@ CASES = [
     ("apply-delta-empty", swap(APPLY, "{bad}/delta.safetensors", "{bad}/delta-empty.safetensors"), "holds no tensors"),
     ("apply-delta-other-base", APPLY + ["--base", "{bad}/other-pipe"], "was made from base"),
     ("apply-delta-fifo", swap(APPLY, "{bad}/delta.safetensors", "{bad}/fifo.txt"), "is not a regular file"),
+    # erase sweep
+    ("sweep-grid-unknown-method", SWEEP + ["--grid", "esd"], "unknown method 'esd'"),
+    ("sweep-grid-bad-value", SWEEP + ["--grid", "weighted:retain_weight=1,x"], "'x' is not a float"),
+    ("sweep-grid-not-a-knob", SWEEP + ["--grid", "eupmu:seed=1,2"], "SETTING one of"),
+    ("sweep-bad-train-setting", SWEEP + ["--steps", "0"], "--grid point none: --steps"),
+    ("sweep-retain-missing", SWEEP + ["--retain", "{bad}/gone.txt"], "gone.txt"),
+    ("sweep-seeds-repeated", SWEEP + ["--seeds", "1", "1"], "repeats a seed"),
 ]
 
 USER = "holds files that erase did not write"
@@ -218,6 +228,8 @@ HOSTILE = [
     ("generate-damaged-marker", "our-images-damaged-marker", GENERATE + ["--overwrite"], "is damaged, so which files"),
     ("eval-overwrite-then-erased-typo", "our-report", EVAL + ["--overwrite", "--erased", "class=x"], "no such class"),
     ("apply-onto-its-own-base", "our-pipeline", APPLY + ["--base", "{out}", "--overwrite"], "lies inside --output"),
+    ("sweep-into-a-user-folder", "user-folder", SWEEP, USER),
+    ("sweep-into-a-run-folder", "our-run", SWEEP + ["--resume"], "not an `erase sweep`"),
 ]
 
 

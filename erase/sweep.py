@@ -1,0 +1,298 @@
+"""`erase sweep`: one concept over a grid of a method's knob and several seeds, evaluated
+together, summarised as the erasure-vs-utility front.
+
+The knob is the setting a user turns instead of hand-tuning a weight: the retain budget ε for
+`eupmu`, λ's rate β for `eupmu-fast`, the weight w for `weighted`, ... Every grid point and
+seed is an ordinary run folder under ``OUTPUT/runs/`` (so it can be exported, evaluated again
+or resumed on its own), all of them are scored in one ``erase eval`` report under
+``OUTPUT/eval/`` (the base model's images are drawn once), and the front is written as
+``front.json``, ``front.md`` and ``front.png``. A sweep run again with ``--resume`` reuses the
+finished runs and images, continues interrupted ones and adds new grid points.
+
+Per point the two axes are UA (higher = better erased) and kept accuracy: RA when a class was
+erased, IRA when a style was. A point is on the front when no other point is at least as good on
+both and better on one. A method's hypervolume is the area its points dominate in
+[0, 1] × [0, 1] (both axes as shares), the usual one-number summary of a front; with FID, a
+second one uses 1 − FID/FID_max (FID_max the largest FID of the sweep) as the utility.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from erase.balancers import BALANCERS
+from erase.config import TrainConfig
+from pipelines.files import write_json_atomic, write_text_atomic
+from pipelines.generate import safe_name
+from pipelines.ownership import OwnedFolder, check_outside
+from prompts import InputError
+
+SWEEP_NAMES = ["runs", "eval", "front.json", "front.md", "front.png"]
+# What a sweep of the default model tries when no --grid is given (knob values from the
+# trade-off benchmark in the README; other models have other loss scales: give --grid).
+DEFAULT_GRID = ["none", "weighted:retain_weight=0.3,1,3,10", "eupmu:retain_budget=0,1e-6,3e-6,1e-5"]
+# Train settings that a sweep sets per point, or that belong to the sweep itself.
+PER_POINT = ("output", "method", "seed", "resume", "overwrite", "progress")
+
+
+@dataclass
+class SweepConfig:
+    """What `erase sweep` does besides the fixed train settings (those are a ``TrainConfig``)."""
+
+    output: str = field(metadata={"help": "sweep folder: runs/, eval/, front.json, front.md, front.png"})
+    grid: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "METHOD or METHOD:SETTING=V1,V2,... (repeat for several; default model default: "
+            + " ".join(DEFAULT_GRID)
+            + ")"
+        },
+    )
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "seeds of every grid point"})
+    prompts: str | None = field(
+        default=None,
+        metadata={"help": "evaluation prompt CSV with class/style columns (default model: default/digits)"},
+    )
+    judge: typing.Literal["auto", "digit-style", "open-clip", "transformers"] = field(
+        default="auto", metadata={"help": "classifier for UA and kept accuracy (as `erase eval --judge`)"}
+    )
+    clip_weights: str | None = field(default=None, metadata={"help": "local open_clip weights for the open-clip judge"})
+    images_per_prompt: int = field(default=10, metadata={"help": "images per evaluation prompt and model"})
+    eval_steps: int = field(default=20, metadata={"help": "sampler steps of the evaluation images"})
+    resume: bool = field(default=False, metadata={"help": "continue a sweep: reuse finished runs, resume cut ones"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise InputError("--seeds needs at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise InputError(f"--seeds {self.seeds} repeats a seed; give each once")
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    method: str
+    setting: str | None  # the TrainConfig field the grid turns, or None (the method alone)
+    value: float | int | None
+
+    @property
+    def label(self) -> str:
+        return self.method if self.setting is None else f"{self.method} {self.setting}={self.value:g}"
+
+    def run_name(self, seed: int) -> str:
+        knob = "" if self.setting is None else f"-{self.setting}-{self.value:g}"
+        return safe_name(f"{self.method}{knob}-s{seed}", limit=100)
+
+    def overrides(self) -> dict:
+        return {"method": self.method} | ({} if self.setting is None else {self.setting: self.value})
+
+
+def parse_grid(entries: list[str]) -> list[GridPoint]:
+    """``["eupmu:retain_budget=0,1e-6", "none"]`` → grid points, checked against the balancers and
+    TrainConfig's numeric fields; a wrong entry is named with the fix."""
+    hints = typing.get_type_hints(TrainConfig)
+    numeric = sorted(
+        f.name
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in PER_POINT and _plain(hints[f.name]) in (float, int)
+    )
+    points: list[GridPoint] = []
+    for entry in entries:
+        method, _, knob = entry.partition(":")
+        if method not in BALANCERS:
+            raise InputError(f"--grid {entry!r}: unknown method {method!r}; choose one of {', '.join(BALANCERS)}")
+        if not knob:
+            points.append(GridPoint(method, None, None))
+            continue
+        setting, equals, values = knob.partition("=")
+        setting = setting.strip().replace("-", "_")
+        if not equals or setting not in numeric:
+            raise InputError(
+                f"--grid {entry!r}: expected METHOD:SETTING=V1,V2,... with SETTING one of {', '.join(numeric)}"
+            )
+        kind = _plain(hints[setting])
+        for text in values.split(","):
+            try:
+                value = kind(text.strip())
+            except ValueError:
+                raise InputError(f"--grid {entry!r}: {text.strip()!r} is not a {kind.__name__}") from None
+            points.append(GridPoint(method, setting, value))
+    if len(set(points)) != len(points):
+        raise InputError(f"--grid {' '.join(entries)} names a point twice; give each once")
+    return points
+
+
+def _plain(hint):
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) in (typing.Union, type(int | None)) and len(args) == 1 else hint
+
+
+def plan_runs(sweep: SweepConfig, train: dict, points: list[GridPoint]) -> list[tuple[GridPoint, int, TrainConfig]]:
+    """Every (point, seed) as a checked TrainConfig, before anything is written: a bad setting
+    anywhere in the grid stops the sweep with nothing on disk."""
+    runs_dir = Path(sweep.output) / "runs"
+    planned = []
+    for point in points:
+        for seed in sweep.seeds:
+            output = runs_dir / point.run_name(seed)
+            values = train | point.overrides() | {"output": str(output), "seed": seed, "progress": sweep.progress}
+            values["resume"] = (output / "train_config.json").is_file()
+            try:
+                planned.append((point, seed, TrainConfig(**values)))
+            except InputError as err:
+                raise InputError(f"--grid point {point.label}: {err}") from None
+    return planned
+
+
+def run_sweep(sweep: SweepConfig, train: dict) -> dict:
+    """Train every point (reusing finished runs), evaluate them all, write the front."""
+    from erase.loop import ErasureRun
+    from erase.loop import train as train_run
+    from eval.config import EvalConfig
+    from eval.runner import evaluate
+
+    output = Path(sweep.output)
+    points = parse_grid(sweep.grid or (DEFAULT_GRID if train.get("model", "default") == "default" else []))
+    if not points:
+        raise InputError("give --grid METHOD:SETTING=V1,V2,... (the default grid is for the default model only)")
+    folder = OwnedFolder.inspect(output, "sweep")
+    if folder.marked and not sweep.resume:
+        raise InputError(f"--output {output} holds a sweep; use --resume to continue it, or another folder")
+    folder.check_claimable(SWEEP_NAMES)
+    check_outside(output, {"--model": train.get("model"), "--forget": train.get("forget"), "--prompts": sweep.prompts})
+    planned = plan_runs(sweep, train, points)
+    for _, _, config in planned:  # every run's own checks (prompts, folders, a changed setting) first
+        ErasureRun(config).check_inputs()
+    folder.claim(SWEEP_NAMES)
+    (output / "runs").mkdir(exist_ok=True)
+    for index, (point, seed, config) in enumerate(planned, 1):
+        print(f"sweep: run {index}/{len(planned)}: {point.label}, seed {seed} → {config.output}", flush=True)
+        train_run(config)
+    evaluation = evaluate(
+        EvalConfig(
+            runs=[c.output for _, _, c in planned],
+            output=str(output / "eval"),
+            prompts=sweep.prompts,
+            judge=sweep.judge,
+            clip_weights=sweep.clip_weights,
+            images_per_prompt=sweep.images_per_prompt,
+            steps=sweep.eval_steps,
+            model_config=train.get("model_config"),
+            allow_pickle=train.get("allow_pickle", False),
+            progress=sweep.progress,
+        )
+    )
+    if not evaluation.metrics:  # not the main process
+        return {}
+    front = summarise(planned, evaluation.metrics["runs"])
+    write_json_atomic(output / "front.json", front)
+    write_text_atomic(output / "front.md", front_table(front))
+    plot_front(front, output / "front.png")
+    return front
+
+
+def summarise(planned: list[tuple[GridPoint, int, TrainConfig]], scored: dict) -> dict:
+    """Per run and per grid point (mean over seeds): UA, kept accuracy, FID; the front and
+    each method's hypervolumes."""
+    runs, by_point = [], {}
+    for point, seed, config in planned:
+        metrics = scored[Path(config.output).name]["erased_model"]
+        kept_key = "RA" if "RA" in metrics else "IRA"
+        row = {"point": point.label, "method": point.method, "seed": seed, "run": config.output}
+        row |= {"UA": metrics["UA"]["value"], "kept": metrics.get(kept_key, {}).get("value"), "kept_metric": kept_key}
+        row["FID"] = metrics.get("FID_vs_base", {}).get("value")
+        runs.append(row)
+        by_point.setdefault(point, []).append(row)
+    points = []
+    for point, rows in by_point.items():
+        entry = {"point": point.label, "method": point.method, "setting": point.setting, "value": point.value}
+        for key in ("UA", "kept", "FID"):
+            values = [r[key] for r in rows if r[key] is not None]
+            entry[key] = statistics.mean(values) if values else None
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        entry["seeds"] = len(rows)
+        points.append(entry)
+    scored_points = [p for p in points if p["UA"] is not None and p["kept"] is not None]
+    for p in points:
+        p["on_front"] = p in scored_points and not any(_dominates(q, p) for q in scored_points)
+    fids = [p["FID"] for p in scored_points if p["FID"] is not None]
+    fid_max = max(fids) if fids and max(fids) > 0 else None
+    methods = {}
+    for method in dict.fromkeys(p["method"] for p in points):
+        mine = [p for p in scored_points if p["method"] == method]
+        methods[method] = {
+            "points": len(mine),
+            "hypervolume_UA_kept": hypervolume([(p["UA"], p["kept"]) for p in mine]),
+            "hypervolume_UA_FID": hypervolume([(p["UA"], 1 - p["FID"] / fid_max) for p in mine if p["FID"] is not None])
+            if fid_max
+            else None,
+        }
+    return {"runs": runs, "points": points, "methods": methods, "fid_max": fid_max}
+
+
+def _dominates(a: dict, b: dict) -> bool:
+    return a["UA"] >= b["UA"] and a["kept"] >= b["kept"] and (a["UA"] > b["UA"] or a["kept"] > b["kept"])
+
+
+def hypervolume(points: list[tuple[float, float]]) -> float:
+    """Area of [0, 1]² dominated by ``points`` (both coordinates maximised, reference (0, 0)):
+    the union of the rectangles [0, x] × [0, y]."""
+    area, height = 0.0, 0.0
+    for x, y in sorted(((max(x, 0.0), max(y, 0.0)) for x, y in points), reverse=True):  # widest first
+        if y > height:
+            area += x * (y - height)
+            height = y
+    return area
+
+
+def front_table(front: dict) -> str:
+    def pct(value, std=None):
+        if value is None:
+            return "–"
+        return f"{100 * value:.1f}%" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+    lines = ["# Erasure-vs-utility front", "", "| point | seeds | UA | kept | FID vs base | on the front |"]
+    lines.append("|---|---|---|---|---|---|")
+    for p in front["points"]:
+        fid = "–" if p["FID"] is None else f"{p['FID']:.3g}"
+        lines.append(
+            f"| {p['point']} | {p['seeds']} | {pct(p['UA'], p['UA_std'])} | {pct(p['kept'], p['kept_std'])} | "
+            f"{fid} | {'yes' if p['on_front'] else ''} |"
+        )
+    kept = front["runs"][0]["kept_metric"] if front["runs"] else "kept"
+    lines += ["", f"kept = {kept}. Hypervolume: the share of [0, 1]² a method's points dominate.", ""]
+    lines += ["| method | points | hypervolume UA × kept | hypervolume UA × (1 − FID/FID_max) |", "|---|---|---|---|"]
+    for method, m in front["methods"].items():
+        hv_fid = "–" if m["hypervolume_UA_FID"] is None else f"{m['hypervolume_UA_FID']:.3f}"
+        lines.append(f"| {method} | {m['points']} | {m['hypervolume_UA_kept']:.3f} | {hv_fid} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_front(front: dict, target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for method in front["methods"]:
+        mine = sorted((p["UA"], p["kept"]) for p in front["points"] if p["method"] == method and p["UA"] is not None)
+        if mine:
+            ax.plot(*zip(*mine, strict=True), marker="o", label=method)
+    on = sorted((p["UA"], p["kept"]) for p in front["points"] if p["on_front"])
+    if on:
+        ax.plot(*zip(*on, strict=True), linestyle="none", marker="o", markersize=12, fillstyle="none", color="black",
+                label="front")  # fmt: skip
+    ax.set_xlabel("UA (higher = better erased)")
+    ax.set_ylabel("kept accuracy (higher = more kept)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    from pipelines.files import atomic_path
+
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,108 @@
+"""`erase sweep`: the grid's syntax, the front's arithmetic on crafted points, and a two-point
+sweep on tiny components that resumes by adding a point."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from erase.cli import main
+from erase.sweep import GridPoint, hypervolume, parse_grid, summarise
+from prompts import InputError
+
+
+def test_grid_entries_become_points_with_typed_values():
+    points = parse_grid(["eupmu:retain_budget=0,1e-6", "none", "eupmu:lambda-warmup=5"])
+    assert points == [
+        GridPoint("eupmu", "retain_budget", 0.0),
+        GridPoint("eupmu", "retain_budget", 1e-6),
+        GridPoint("none", None, None),
+        GridPoint("eupmu", "lambda_warmup", 5),
+    ]
+    assert type(points[3].value) is int and points[1].run_name(2) == "eupmu-retain_budget-1e-06-s2"
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("esd", "unknown method 'esd'; choose one of"),
+        ("eupmu:budget=1", "SETTING one of"),
+        ("eupmu:retain_budget", "expected METHOD:SETTING=V1,V2"),
+        ("eupmu:seed=1,2", "SETTING one of"),  # set per run by --seeds, not a knob
+        ("weighted:retain_weight=1,x", "'x' is not a float"),
+        ("none,none", "unknown method"),
+    ],
+)
+def test_a_wrong_grid_entry_is_named_with_the_fix(entry, message):
+    with pytest.raises(InputError, match=message):
+        parse_grid([entry])
+    with pytest.raises(InputError, match="names a point twice"):
+        parse_grid(["none", "none"])
+
+
+def test_hypervolume_is_the_area_the_points_dominate():
+    assert hypervolume([(1.0, 0.5), (0.5, 1.0)]) == pytest.approx(0.75)  # two rectangles minus their overlap
+    assert hypervolume([(1.0, 0.5), (0.5, 1.0), (0.4, 0.4)]) == pytest.approx(0.75)  # a dominated point adds 0
+    assert hypervolume([(0.8, 0.9)]) == pytest.approx(0.72) and hypervolume([]) == 0.0
+
+
+def test_the_front_keeps_the_points_nothing_beats_and_averages_seeds():
+    """a: UA 0.9 / kept 0.6 (mean of two seeds); b: 0.5 / 0.9; c: 0.4 / 0.8 (b beats it)."""
+
+    class Config:
+        def __init__(self, output):
+            self.output = output
+
+    planned, scored = [], {}
+    for name, method, seed, ua, kept, fid in [
+        ("a0", "eupmu", 0, 1.0, 0.5, 2.0), ("a1", "eupmu", 1, 0.8, 0.7, 4.0),
+        ("b0", "weighted", 0, 0.5, 0.9, 1.0), ("c0", "none", 0, 0.4, 0.8, 8.0),
+    ]:  # fmt: skip
+        point = GridPoint(method, None, None)
+        planned.append((point, seed, Config(f"/x/{name}")))
+        scored[name] = {"erased_model": {"UA": {"value": ua}, "RA": {"value": kept}, "FID_vs_base": {"value": fid}}}
+    front = summarise(planned, scored)
+    by = {p["point"]: p for p in front["points"]}
+    assert by["eupmu"]["UA"] == pytest.approx(0.9) and by["eupmu"]["kept"] == pytest.approx(0.6)
+    assert by["eupmu"]["seeds"] == 2 and by["eupmu"]["UA_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert [p["on_front"] for p in front["points"]] == [True, True, False]
+    assert front["fid_max"] == 8.0
+    assert front["methods"]["eupmu"]["hypervolume_UA_kept"] == pytest.approx(0.54)
+    assert front["methods"]["eupmu"]["hypervolume_UA_FID"] == pytest.approx(0.9 * (1 - 3.0 / 8.0))
+    assert front["methods"]["none"]["hypervolume_UA_FID"] == pytest.approx(0.0)
+
+
+def test_a_sweep_trains_evaluates_and_resumes_by_adding_a_point(tiny_pipeline_dir, write, tmp_path, capsys):
+    rows = ["case_number,prompt,evaluation_seed,class,style"]
+    cases = [("three", "red"), ("three", "plain"), ("five", "red"), ("one", "plain")]
+    rows += [f"{i},a {s} drawing of the digit {c},{10 + i},{c},{s}" for i, (c, s) in enumerate(cases)]
+    prompts = write("eval.csv", "\n".join(rows) + "\n")
+    forget = write("forget.txt", "a red drawing of the digit three\na plain drawing of the digit three\n")
+    retain = write("retain.txt", "a red drawing of the digit five\na plain drawing of the digit one\n")
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--output", str(out), "--model", str(tiny_pipeline_dir), "--forget", str(forget)]
+    argv += ["--retain", str(retain), "--steps", "2", "--batch-size", "2", "--bank-size", "1", "--bank-steps", "1"]
+    argv += ["--prompts", str(prompts), "--judge", "digit-style", "--images-per-prompt", "1", "--eval-steps", "2"]
+    argv += ["--no-progress", "--grid", "weighted:retain_weight=1,3"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "run 2/2: weighted retain_weight=3, seed 0" in printed and "front → " in printed
+    front = json.loads((out / "front.json").read_text())
+    assert [r["point"] for r in front["runs"]] == ["weighted retain_weight=1", "weighted retain_weight=3"]
+    assert all(0 <= r["UA"] <= 1 and 0 <= r["kept"] <= 1 and r["kept_metric"] == "RA" for r in front["runs"])
+    assert (out / "runs" / "weighted-retain_weight-3-s0" / "model_index.json").is_file()  # an ordinary run
+    assert (out / "front.png").stat().st_size > 0 and "| weighted retain_weight=1 | 1 |" in (
+        out / "front.md"
+    ).read_text()
+    config = json.loads((out / "runs" / "weighted-retain_weight-3-s0" / "train_config.json").read_text())
+    assert config["retain_weight"] == 3.0 and config["method"] == "weighted" and config["seed"] == 0
+
+    assert main(argv) == 2  # a second sweep into the same folder must say --resume
+    assert "holds a sweep; use --resume" in capsys.readouterr().err
+    kept_run = (out / "runs" / "weighted-retain_weight-1-s0" / "model_index.json").stat().st_mtime_ns
+    assert main([*argv, "--grid", "none", "--resume"]) == 0
+    assert (out / "runs" / "weighted-retain_weight-1-s0" / "model_index.json").stat().st_mtime_ns == kept_run
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["generation"]["images_generated"] == 4  # only the new run's images
+    assert len(json.loads((out / "front.json").read_text())["points"]) == 3
