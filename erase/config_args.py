@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 T = TypeVar("T")
 
 
-def _unwrap_optional(hint: Any) -> Any:
+def unwrap_optional(hint: Any) -> Any:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if len(args) == 1:
@@ -37,7 +37,7 @@ def add_dataclass_arguments(
         if field.name in skip:
             continue
         flag = "--" + field.name.replace("_", "-")
-        hint = _unwrap_optional(hints[field.name])
+        hint = unwrap_optional(hints[field.name])
         kwargs: dict[str, Any] = {"dest": field.name, "help": field.metadata.get("help", "")}
         has_default = field.default is not dataclasses.MISSING
         if hint is bool:

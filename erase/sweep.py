@@ -26,6 +26,7 @@ from pathlib import Path
 
 from erase.balancers import BALANCERS
 from erase.config import TrainConfig
+from erase.config_args import unwrap_optional
 from pipelines.files import write_json_atomic, write_text_atomic
 from pipelines.generate import safe_name
 from pipelines.ownership import OwnedFolder, check_outside
@@ -98,7 +99,7 @@ def parse_grid(entries: list[str]) -> list[GridPoint]:
     numeric = sorted(
         f.name
         for f in dataclasses.fields(TrainConfig)
-        if f.name not in PER_POINT and _plain(hints[f.name]) in (float, int)
+        if f.name not in PER_POINT and unwrap_optional(hints[f.name]) in (float, int)
     )
     points: list[GridPoint] = []
     for entry in entries:
@@ -114,7 +115,7 @@ def parse_grid(entries: list[str]) -> list[GridPoint]:
             raise InputError(
                 f"--grid {entry!r}: expected METHOD:SETTING=V1,V2,... with SETTING one of {', '.join(numeric)}"
             )
-        kind = _plain(hints[setting])
+        kind = unwrap_optional(hints[setting])
         for text in values.split(","):
             try:
                 value = kind(text.strip())
@@ -124,11 +125,6 @@ def parse_grid(entries: list[str]) -> list[GridPoint]:
     if len(set(points)) != len(points):
         raise InputError(f"--grid {' '.join(entries)} names a point twice; give each once")
     return points
-
-
-def _plain(hint):
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return args[0] if typing.get_origin(hint) in (typing.Union, type(int | None)) and len(args) == 1 else hint
 
 
 def plan_runs(sweep: SweepConfig, train: dict, points: list[GridPoint]) -> list[tuple[GridPoint, int, TrainConfig]]:

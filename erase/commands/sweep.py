@@ -23,6 +23,7 @@ import argparse
 from erase.config import TrainConfig
 from erase.config_args import add_dataclass_arguments, dataclass_from_args, read_config_file
 from erase.sweep import PER_POINT, SweepConfig
+from prompts import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,8 +45,6 @@ def run(args: argparse.Namespace) -> int:
     train = read_config_file(args.config, TrainConfig) if args.config else {}
     for name in PER_POINT:
         if name in train:
-            from prompts import InputError
-
             raise InputError(f"--config {args.config}: {name!r} is set by the sweep per run; remove it")
     train |= {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and k not in PER_POINT}
     front = run_sweep(sweep, train)
