@@ -27,7 +27,7 @@ from pathlib import Path
 from erase.balancers import BALANCERS
 from erase.config import TrainConfig
 from erase.config_args import unwrap_optional
-from pipelines.files import write_json_atomic, write_text_atomic
+from pipelines.files import atomic_path, write_json_atomic, write_text_atomic
 from pipelines.generate import safe_name
 from pipelines.ownership import OwnedFolder, check_outside
 from prompts import InputError
@@ -287,8 +287,6 @@ def plot_front(front: dict, target: Path) -> None:
     ax.set_ylabel("kept accuracy (higher = more kept)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    from pipelines.files import atomic_path
-
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -37,6 +37,9 @@ def test_grid_entries_become_points_with_typed_values():
 def test_a_wrong_grid_entry_is_named_with_the_fix(entry, message):
     with pytest.raises(InputError, match=message):
         parse_grid([entry])
+
+
+def test_a_grid_point_given_twice_is_refused():
     with pytest.raises(InputError, match="names a point twice"):
         parse_grid(["none", "none"])
 
