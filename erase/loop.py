@@ -8,7 +8,6 @@ update λ. Runs on one CPU, one GPU, or several GPUs under ``accelerate launch``
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import sys
@@ -25,6 +24,7 @@ from erase.balancers import BalancerSettings, build_balancer
 from erase.balancers.base import flat_grad, flat_params, set_flat_grad
 from erase.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
 from erase.config import TrainConfig
+from erase.frozen import FrozenOriginal
 from erase.mask import FeasibleMask
 from erase.params import select_parameters, tensors_fingerprint
 from erase.xt_sources import X_SOURCES, Draw
@@ -160,11 +160,11 @@ class ErasureRun:
         prompts = {"forget": self.forget_prompts, "retain": self.retain_prompts}
         self.x_source = X_SOURCES[cfg.x_source](pipe, self.family, prompts, self.conditions, cfg, show)
 
-        # Frozen copy and trainable UNet.
-        self.frozen = copy.deepcopy(pipe.unet).requires_grad_(False).eval()
+        # Trainable UNet, and the frozen original's predictions from it (no second UNet).
         unet = pipe.unet
         named = select_parameters(unet, cfg.parameters)
         self.param_names = {n for n, _ in named}
+        self.frozen = FrozenOriginal(unet, self.param_names)
         self.base_fingerprint = tensors_fingerprint(unet.state_dict(), self.param_names)
         optimizer = torch.optim.Adam([p for _, p in named], lr=cfg.learning_rate)
         self.unet, self.optimizer = self.accelerator.prepare(unet.train(), optimizer)

@@ -1,0 +1,105 @@
+"""Frozen predictions from the trainable UNet itself (erase/frozen.py): the same numbers as a
+deep copy of the original, for one call and for a whole run, with only the trained tensors kept."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors.torch import load_file
+
+import erase.loop as loop
+from erase.config import TrainConfig
+from erase.frozen import FrozenOriginal
+from erase.params import select_parameters
+
+
+def _unet(dropout: float = 0.0) -> UNet2DConditionModel:
+    torch.manual_seed(0)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        cross_attention_dim=12,
+        attention_head_dim=2,
+        norm_num_groups=4,
+        dropout=dropout,
+    )
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(2, 4, 8, 8, generator=g), torch.tensor([10, 700]), torch.randn(2, 5, 12, generator=g)
+
+
+def test_frozen_output_equals_a_deep_copy_of_the_original_after_training_moved_the_weights():
+    unet = _unet(dropout=0.5).train()  # dropout: the frozen call must run in eval mode, as a frozen copy does
+    names = {n for n, _ in select_parameters(unet, "xattn")}
+    copy_of_original = copy.deepcopy(unet).eval().requires_grad_(False)
+    frozen = FrozenOriginal(unet, names)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if name in names:
+                param.add_(torch.randn_like(param))
+    x, t, text = _inputs()
+    with torch.no_grad():
+        want = copy_of_original(x, t, encoder_hidden_states=text).sample
+    got = frozen(x, t, encoder_hidden_states=text).sample
+    assert torch.equal(got, want)
+    assert unet.training  # back in train mode, trained values back in place
+    with torch.no_grad():
+        trained = unet.eval()(x, t, encoder_hidden_states=text).sample
+    assert not torch.allclose(trained, want)
+    assert not got.requires_grad
+
+
+def test_only_the_trained_tensors_are_kept():
+    unet = _unet()
+    names = {n for n, _ in select_parameters(unet, "xattn")}
+    frozen = FrozenOriginal(unet, names)
+    assert set(frozen.originals) == names
+    whole = sum(p.numel() * p.element_size() for p in unet.parameters())
+    assert 0 < frozen.nbytes() < whole / 4
+    for name, param in unet.named_parameters():
+        if name in names:
+            assert frozen.originals[name].data_ptr() != param.data_ptr()  # a copy, not the live tensor
+
+
+def test_a_run_is_bit_identical_to_one_with_a_deep_copied_frozen_unet(tiny_pipeline_dir, write, tmp_path, monkeypatch):
+    retain = write("retain.txt", "a blue square\na green cat\n")
+
+    def config(name, **kw):
+        return TrainConfig(
+            model=str(tiny_pipeline_dir),
+            concept="a red circle",
+            retain=str(retain),
+            output=str(tmp_path / name),
+            steps=3,
+            batch_size=2,
+            bank_size=1,
+            bank_steps=1,
+            progress=False,
+            learning_rate=1e-2,
+            **kw,
+        )
+
+    def log(folder):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in open(folder / loop.LOG_NAME)]
+
+    def weights(folder):
+        return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+    for method, parameters in (("eupmu", "full"), ("explicit", "xattn")):
+        new = loop.train(config(f"new-{method}", method=method, parameters=parameters))
+        with monkeypatch.context() as patch:
+            patch.setattr(loop, "FrozenOriginal", lambda unet, names: copy.deepcopy(unet).requires_grad_(False).eval())
+            old = loop.train(config(f"old-{method}", method=method, parameters=parameters))
+        assert log(new) == log(old)
+        a, b = weights(new), weights(old)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
