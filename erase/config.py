@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from erase.balancers import BALANCERS
+from erase.lora import DEFAULT_TARGETS
 from erase.params import PARAMETER_SETS
 from pipelines.loading import MODEL_CONFIG_HELP
 from prompts import InputError
 from prompts.checks import check_seed, check_types
 
 Method = Literal["eupmu", "eupmu-fast", "explicit", "weighted", "none"]
-ParameterSet = Literal["xattn", "noxattn", "full"]
+ParameterSet = Literal["xattn", "noxattn", "full", "lora"]
 UnlearnLoss = Literal["negative-guidance", "anchor"]
 MAX_BATCH = 65_536  # latents per step; far beyond any GPU, and refused before a huge allocation
 assert set(Method.__args__) == set(BALANCERS) and set(ParameterSet.__args__) == set(PARAMETER_SETS)
@@ -45,7 +46,20 @@ class TrainConfig:
             "weighted (ℓ_u + w·ℓ_r), none (ESD: ℓ_u alone)"
         },
     )
-    parameters: ParameterSet = field(default="xattn", metadata={"help": "which UNet parameters are trained"})
+    parameters: ParameterSet = field(
+        default="xattn",
+        metadata={
+            "help": "what is trained: the UNet's cross-attention (xattn), all but it (noxattn), everything (full), or "
+            "LoRA adapters (lora: needs peft; merged into the saved UNet and kept as lora.safetensors for export)"
+        },
+    )
+    lora_rank: int = field(default=4, metadata={"help": "LoRA rank r (--parameters lora)"})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA α; the adapter's scale is α/r (default r)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    lora_targets: str = field(
+        default=DEFAULT_TARGETS,
+        metadata={"help": "comma-separated module-name suffixes LoRA adapts (default: cross-attention projections)"},
+    )
     loss: UnlearnLoss = field(default="negative-guidance", metadata={"help": "the unlearning loss ℓ_u"})
     anchor: str = field(
         default="",
@@ -78,6 +92,14 @@ class TrainConfig:
         metadata={
             "help": "with --lambda-gain: warm-up steps in which λ takes the explicit closed form λ* (two backwards); "
             "λ then starts from their median"
+        },
+    )
+    retain_probe: Literal["same", "fresh"] = field(
+        default="same",
+        metadata={
+            "help": "eupmu: the batch Δℓ_r is measured on, before and after the step: `same` = the step's own retain "
+            "batch (the paper; one extra forward), `fresh` = a retain batch the step did not train on (two extra "
+            "forwards; not biased low by the step fitting its own batch)"
         },
     )
     lambda_init: float = field(default=0.0, metadata={"help": "λ's start (without --lambda-gain)"})
@@ -165,6 +187,14 @@ class TrainConfig:
                 f"--mixed-precision fp16 multiplies gradients by a loss scale, which {gradient_dots[0]} would compare "
                 "with unscaled numbers; use --mixed-precision bf16 or no"
             )
+        if self.lora_rank < 1:
+            raise InputError(f"--lora-rank must be at least 1, got {self.lora_rank}")
+        if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise InputError(f"--lora-alpha must be a finite number > 0, got {self.lora_alpha}")
+        if not (math.isfinite(self.lora_dropout) and 0 <= self.lora_dropout < 1):
+            raise InputError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if not any(t.strip() for t in self.lora_targets.split(",")):
+            raise InputError('--lora-targets is empty; give module-name suffixes, e.g. "attn2.to_k,attn2.to_v"')
         if not 0 <= self.t_min <= self.t_max <= 999:
             raise InputError(f"timesteps must satisfy 0 ≤ --t-min ≤ --t-max ≤ 999, got {self.t_min}..{self.t_max}")
         if self.mask == "feasible" and (self.mask_micro_batches < 2 or not 0 < self.mask_delta < 0.5):

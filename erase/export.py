@@ -1,4 +1,5 @@
-"""Export a run folder as a diffusers folder, one single-file checkpoint, or a delta; apply a delta.
+"""Export a run folder as a diffusers folder, one single-file checkpoint, a delta or a LoRA; apply
+a delta or a LoRA of ours to a base model.
 
 A delta holds only the tensors the run trained (its parameter set) at their erased values, plus
 metadata (base model, method, concept), so it is small and says what it must be applied to.
@@ -19,9 +20,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from erase import lora
 from erase.checkpoint import CHECKPOINTS
-from erase.params import PARAMETER_SETS, tensors_fingerprint
-from pipelines.families import family_of
+from erase.params import changed_tensors, tensors_fingerprint
+from pipelines.families import family_of, family_of_folder
 from pipelines.files import atomic_path
 from pipelines.loading import load_pipeline
 from pipelines.lock import output_lock
@@ -31,7 +33,8 @@ from prompts import InputError
 
 DELTA_FORMAT = "concept-erase-delta/1"
 SINGLE_FILE_FORMAT = "concept-erase-single-file/1"  # a whole model: not to be applied as a delta
-ExportFormat = Literal["diffusers", "single-file", "delta"]
+ExportFormat = Literal["diffusers", "single-file", "delta", "lora", "lora-kohya"]
+OUR_FILE_TAGS = (DELTA_FORMAT, SINGLE_FILE_FORMAT, lora.LORA_FORMAT)  # files --overwrite may replace
 
 
 def read_run(run: str | Path) -> tuple[Path, dict]:
@@ -71,16 +74,22 @@ def _check_file_target(output: Path, overwrite: bool) -> None:
         raise InputError(f"--output {output} already exists; use --overwrite or another path")
     if output.is_symlink() or not output.is_file():
         raise InputError(f"--output {output} is not a regular file; choose another path")
-    try:
-        with safe_open(str(output), "pt") as handle:
-            tag = (handle.metadata() or {}).get("format")
-    except Exception:  # not safetensors at all
-        tag = None
-    if tag not in (DELTA_FORMAT, SINGLE_FILE_FORMAT):
+    if _file_tag(output) not in OUR_FILE_TAGS:
         raise InputError(
             f"--output {output} was not written by erase (no concept-erase format tag), so --overwrite will not "
             "replace it; choose another path"
         )
+
+
+def _file_tag(path: Path) -> str | None:
+    """Our format tag in a safetensors file's metadata (LoRA files keep "format": "pt" for
+    diffusers and carry ours under its own key); None for any other file."""
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception:  # not safetensors at all
+        return None
+    return metadata.get(lora.TAG_KEY, metadata.get("format"))
 
 
 def _write_pipeline_folder(output: Path, overwrite: bool, names: list[str], fill) -> Path:
@@ -109,15 +118,29 @@ def export_run(run: str | Path, fmt: ExportFormat, output: str | Path, overwrite
 
         return _write_pipeline_folder(output, overwrite, [i.name for i in items], copy)
     _check_file_target(output, overwrite)
+    if fmt in ("lora", "lora-kohya"):
+        return _export_lora(run, config, output, kohya=fmt == "lora-kohya")
     pipe = load_pipeline(run, device="cpu")
     if fmt == "single-file":
         return save_single_file(
             pipe, output, metadata=_metadata(config, SINGLE_FILE_FORMAT), layout=family_of(pipe).to_original
         )
-    chosen = PARAMETER_SETS[config["parameters"]]
-    tensors = {k: v.contiguous() for k, v in pipe.unet.state_dict().items() if chosen(k)}
+    state = pipe.unet.state_dict()
+    tensors = {k: state[k].contiguous() for k in changed_tensors(state, config)}
     with atomic_path(output) as tmp:
         save_file(tensors, str(tmp), metadata=_metadata(config))
+    return output
+
+
+def _export_lora(run: Path, config: dict, output: Path, kohya: bool) -> Path:
+    if config["parameters"] != "lora" or not (run / lora.LORA_FILE).is_file():
+        raise InputError(
+            f"{run} was trained with --parameters {config['parameters']}, not LoRA adapters; train with "
+            "--parameters lora to export a LoRA, or export this run as a delta or single file"
+        )
+    family = family_of_folder(run)
+    with atomic_path(output) as tmp:
+        lora.write_lora(run / lora.LORA_FILE, tmp, config, family.pipeline_class, kohya=kohya)
     return output
 
 
@@ -157,6 +180,8 @@ def apply_delta(
     allow_pickle: bool = False,
 ) -> Path:
     delta, output = Path(delta), Path(output)
+    if delta.is_file() and _file_tag(delta) == lora.LORA_FORMAT:
+        return _apply_lora(delta, base, output, fmt, overwrite, force, model_config, allow_pickle)
     metadata, tensors = read_delta(delta)
     check_outside(output, {"delta": delta, "--base": base, "--model-config": model_config})
     if fmt == "single-file":
@@ -182,6 +207,10 @@ def apply_delta(
             "for the tensors it replaces; give that base, or --force to apply it anyway"
         )
     pipe.unet.load_state_dict(tensors, strict=False)
+    return _save_applied(pipe, output, fmt, overwrite, metadata)
+
+
+def _save_applied(pipe, output: Path, fmt: str, overwrite: bool, metadata: dict) -> Path:
     if fmt == "single-file":
         return save_single_file(
             pipe, output, metadata=metadata | {"format": SINGLE_FILE_FORMAT}, layout=family_of(pipe).to_original
@@ -189,3 +218,28 @@ def apply_delta(
     return _write_pipeline_folder(
         output, overwrite, pipeline_entries(pipe), lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True)
     )
+
+
+def _apply_lora(path: Path, base: str, output: Path, fmt: str, overwrite, force, model_config, allow_pickle) -> Path:
+    """Merge one of our LoRA files (either layout) into ``base`` with diffusers' own loader."""
+    check_outside(output, {"LoRA": path, "--base": base, "--model-config": model_config})
+    if fmt == "single-file":
+        _check_file_target(output, overwrite)
+    metadata, _ = lora.read_lora(path)
+    pipe = load_pipeline(base, device="cpu", config=model_config, allow_pickle=allow_pickle)
+    state = pipe.unet.state_dict()
+    settings = {"parameters": "lora", "lora_targets": ",".join(json.loads(metadata.get("targets", "[]")))}
+    recorded = metadata.get("base_fingerprint")
+    if recorded and not force and tensors_fingerprint(state, changed_tensors(state, settings)) != recorded:
+        raise InputError(
+            f"LoRA {path} was trained on base {metadata.get('base_model')!r}, and {base!r} holds other weights "
+            "for the layers it adapts; give that base, or --force to merge it anyway"
+        )
+    try:
+        pipe.load_lora_weights(str(path), adapter_name=lora.ADAPTER)
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise InputError(f"LoRA {path} does not fit {base!r}: {str(err).splitlines()[0]}") from None
+    pipe.fuse_lora(components=["unet"], adapter_names=[lora.ADAPTER])
+    pipe.unload_lora_weights()
+    kept = {k: metadata[k] for k in ("base_model", "base_fingerprint", "concept") if k in metadata}
+    return _save_applied(pipe, output, fmt, overwrite, kept)

@@ -19,7 +19,7 @@ from torch.func import functional_call
 
 
 @contextmanager
-def _eval_mode(module: nn.Module):
+def eval_mode(module: nn.Module):
     """Eval mode for one call (dropout off, as a frozen copy in eval mode has it), then back."""
     was_training = module.training
     module.eval()
@@ -45,7 +45,7 @@ class FrozenOriginal:
             raise KeyError(f"not parameters of this UNet: {sorted(missing)[:3]}")
 
     def __call__(self, *args, **kwargs):
-        with torch.no_grad(), _eval_mode(self.unet):
+        with torch.no_grad(), eval_mode(self.unet):
             return functional_call(self.unet, self.originals, args, kwargs, strict=False)
 
     def nbytes(self) -> int:

@@ -24,12 +24,11 @@ from erase.balancers import BalancerSettings, build_balancer
 from erase.balancers.base import flat_grad, flat_params, set_flat_grad
 from erase.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
 from erase.config import TrainConfig
-from erase.frozen import FrozenOriginal
 from erase.mask import FeasibleMask
-from erase.params import select_parameters, tensors_fingerprint
+from erase.params import PARAMETER_SETS, changed_tensors, tensors_fingerprint
 from erase.xt_sources import X_SOURCES, Draw
 from pipelines.families import family_of
-from pipelines.files import write_json_atomic, write_text_atomic
+from pipelines.files import atomic_path, write_json_atomic, write_text_atomic
 from pipelines.loading import DEFAULT_MODEL_DIR, check_sampler_steps, load_pipeline
 from pipelines.lock import output_lock
 from pipelines.ownership import OwnedFolder, check_outside, pipeline_entries
@@ -121,7 +120,8 @@ class ErasureRun:
 
     def _names(self, pipe=None) -> list[str]:
         """Every top-level name a run writes (the pipeline's components once it is loaded)."""
-        return [CONFIG_NAME, LOG_NAME, CHECKPOINTS, STAGING, *(pipeline_entries(pipe) if pipe else [])]
+        files = PARAMETER_SETS[self.config.parameters].files
+        return [CONFIG_NAME, LOG_NAME, CHECKPOINTS, STAGING, *files, *(pipeline_entries(pipe) if pipe else [])]
 
     def setup(self) -> None:
         cfg = self.config
@@ -160,12 +160,15 @@ class ErasureRun:
         prompts = {"forget": self.forget_prompts, "retain": self.retain_prompts}
         self.x_source = X_SOURCES[cfg.x_source](pipe, self.family, prompts, self.conditions, cfg, show)
 
-        # Trainable UNet, and the frozen original's predictions from it (no second UNet).
+        # Trainable tensors (the UNet's own, or LoRA adapters), and the frozen original's
+        # predictions from the same UNet (erase/frozen.py: no second UNet).
         unet = pipe.unet
-        named = select_parameters(unet, cfg.parameters)
+        state = unet.state_dict()
+        self.base_fingerprint = tensors_fingerprint(state, changed_tensors(state, asdict(cfg)))
+        self.trainable = PARAMETER_SETS[cfg.parameters].attach(unet, asdict(cfg))
+        named = self.trainable.named
         self.param_names = {n for n, _ in named}
-        self.frozen = FrozenOriginal(unet, self.param_names)
-        self.base_fingerprint = tensors_fingerprint(unet.state_dict(), self.param_names)
+        self.frozen = self.trainable.frozen
         optimizer = torch.optim.Adam([p for _, p in named], lr=cfg.learning_rate)
         self.unet, self.optimizer = self.accelerator.prepare(unet.train(), optimizer)
         self.params = [p for _, p in named]
@@ -180,6 +183,7 @@ class ErasureRun:
                 lambda_gain=cfg.lambda_gain,
                 lambda_warmup=cfg.lambda_warmup,
                 learning_rate=cfg.learning_rate,
+                retain_probe=cfg.retain_probe,
             ),
         )
         self.mask = FeasibleMask(cfg.mask_delta, cfg.mask_micro_batches) if cfg.mask == "feasible" else None
@@ -357,6 +361,11 @@ class ErasureRun:
                 "lower --learning-rate or use --mixed-precision no (the last good checkpoint is kept)"
             )
         log = {"loss_forget": value_u, "loss_retain": value_r}
+        probe, probe_before = batch, value_r
+        if value_r is not None and self.balancer.fresh_probe:  # a retain batch this step does not train on
+            probe = {"retain": self._draw("retain", cfg.batch_size)}
+            probe["retain_target"] = self._frozen_epsilon(probe["retain"])
+            probe_before = self._retain_value_now(probe)
         log |= self.balancer.backward(loss_u, loss_r, self.params, self._backward, value_r)
         keep = None
         if samples is not None:
@@ -373,7 +382,7 @@ class ErasureRun:
         if self.balancer.constrains_update:
             log |= self.balancer.constrain_update(self.params, before, keep)
         if value_r is not None:
-            log |= self.balancer.after_step(value_r, lambda: self._retain_value_now(batch))
+            log |= self.balancer.after_step(probe_before, lambda: self._retain_value_now(probe))
         self._check_finite_state()
         if "retain_increase" in log and cfg.retain_budget > 0:
             log["budget_used"] = log["retain_increase"] / cfg.retain_budget
@@ -462,6 +471,9 @@ class ErasureRun:
         folder is loadable."""
         pipe = self.pipe
         pipe.unet = self.accelerator.unwrap_model(self.unet).eval()
+        for name, write in self.trainable.finish().items():  # LoRA: its adapters, then merged into the UNet
+            with atomic_path(self.output / name) as tmp:
+                write(tmp)
         self.folder.replace_from(lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True), staging=STAGING)
         self.folder.remove([CHECKPOINTS])
 

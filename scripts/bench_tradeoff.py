@@ -43,7 +43,10 @@ SWEEPS = {
     # ε = 0 is the default (β = 3e6). The gain points calibrate β from the run's own Δℓ_r noise
     # instead (--lambda-gain, calibration.py).
     "eupmu": [(f"ε={e:g}", {"retain_budget": e}) for e in (0, 1e-6, 3e-6, 1e-5)]
-    + [(f"gain={g:g}", {"lambda_gain": g}) for g in (0.1, 0.3, 1, 3)],
+    + [(f"gain={g:g}", {"lambda_gain": g}) for g in (0.1, 0.3, 1, 3)]
+    # Δℓ_r measured on a retain batch the step did not train on (--retain-probe fresh)
+    + [("fresh", {"retain_probe": "fresh"})]
+    + [(f"fresh,gain={g:g}", {"retain_probe": "fresh", "lambda_gain": g}) for g in (0.1, 0.3, 1)],
     # eupmu-fast's Δℓ_r carries batch-to-batch noise (~1e-4 here, 100× the step-to-step change),
     # so its natural knob is a smaller λ rate β.
     "eupmu-fast": [(f"β={b}", {"lambda_lr": float(b)}) for b in ("3e4", "3e5", "3e6")],

@@ -98,6 +98,12 @@ CASES = [
     ("train-output-is-a-file", TRAIN + ["--concept", "x", "--output", "{bad}/notes.txt"], "is a file; give a folder"),
     ("train-output-exists", TRAIN + ["--concept", "x", "--output", "{run}"], "already exists; use --resume"),
     ("train-resume-nothing", TRAIN + ["--concept", "x", "--resume"], "holds no run to resume"),
+    ("train-lora-rank-zero", TRAIN + ["--concept", "x", "--parameters", "lora", "--lora-rank", "0"], "--lora-rank"),
+    (
+        "train-lora-targets-unknown",
+        TRAIN + ["--concept", "x", "--parameters", "lora", "--lora-targets", "attn2.to_z"],
+        "--lora-targets 'attn2.to_z' matches no linear or conv layer",
+    ),
     (
         "train-resume-other-settings",
         TRAIN + ["--concept", "x", "--resume", "--output", "{run}"],
@@ -118,6 +124,11 @@ CASES = [
     ("export-not-a-run", ["export", "{bad}", "--output", "{out}"], "is not a finished `erase train` run folder"),
     ("export-file-not-safetensors", EXPORT + ["--format", "delta"], "must end in .safetensors"),
     ("export-unknown-format", EXPORT + ["--format", "onnx"], "invalid choice: 'onnx'"),
+    (
+        "export-lora-of-a-non-lora-run",
+        swap(EXPORT, "{out}", "{out}.safetensors") + ["--format", "lora"],
+        "not LoRA adapters; train with --parameters lora",
+    ),
     (
         "apply-delta-keys",
         swap(APPLY, "{bad}/delta.safetensors", "{bad}/delta-keys.safetensors"),

@@ -11,6 +11,7 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
 
 import erase.loop as loop
+import erase.params as params
 from erase.config import TrainConfig
 from erase.frozen import FrozenOriginal
 from erase.params import select_parameters
@@ -98,7 +99,8 @@ def test_a_run_is_bit_identical_to_one_with_a_deep_copied_frozen_unet(tiny_pipel
     for method, parameters in (("eupmu", "full"), ("explicit", "xattn")):
         new = loop.train(config(f"new-{method}", method=method, parameters=parameters))
         with monkeypatch.context() as patch:
-            patch.setattr(loop, "FrozenOriginal", lambda unet, names: copy.deepcopy(unet).requires_grad_(False).eval())
+            deep_copy = lambda unet, names: copy.deepcopy(unet).requires_grad_(False).eval()  # noqa: E731
+            patch.setattr(params, "FrozenOriginal", deep_copy)
             old = loop.train(config(f"old-{method}", method=method, parameters=parameters))
         assert log(new) == log(old)
         a, b = weights(new), weights(old)

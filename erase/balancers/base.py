@@ -35,6 +35,7 @@ class BalancerSettings:
     lambda_gain: float | None = None  # given: calibrate β_abs = gain / σ(Δℓ_r) (calibration.py)
     lambda_warmup: int = 10  # warm-up steps of the calibration
     learning_rate: float = 1e-5  # α, for the explicit variant's ε conversion
+    retain_probe: str = "same"  # eupmu: Δℓ_r on the step's own retain batch, or on a fresh one
 
 
 class Balancer(ABC):
@@ -42,6 +43,11 @@ class Balancer(ABC):
     needs_retain: ClassVar[bool] = True
     backward_passes: ClassVar[int] = 1
     constrains_update: ClassVar[bool] = False  # the loop then keeps θ before the step for it
+
+    @property
+    def fresh_probe(self) -> bool:
+        """True when ``after_step`` wants ℓ_r measured on a retain batch the step did not train on."""
+        return False
 
     def __init__(self, settings: BalancerSettings):
         self.settings = settings

@@ -30,6 +30,10 @@ class ImplicitSurgery(Balancer):
         self.calibration = Calibration(settings.lambda_gain, settings.lambda_warmup) if calibrating else None
 
     @property
+    def fresh_probe(self) -> bool:
+        return self.settings.retain_probe == "fresh"
+
+    @property
     def warming_up(self) -> bool:
         return self.calibration is not None and self.calibration.active
 
@@ -93,6 +97,10 @@ class FastImplicitSurgery(ImplicitSurgery):
     def __init__(self, settings: BalancerSettings):
         super().__init__(settings)
         self.previous_retain: float | None = None
+
+    @property
+    def fresh_probe(self) -> bool:  # its Δℓ_r already comes from the next, untrained-on batch
+        return False
 
     def backward(self, loss_forget, loss_retain, params, backward, retain_value=None):
         current = float(loss_retain.detach()) if retain_value is None else retain_value

@@ -1,6 +1,8 @@
-"""Put a delta (from `erase export --format delta`) onto a base model and save the result.
+"""Put a delta (from `erase export --format delta`) or a LoRA of ours (`--format lora` or
+`lora-kohya`, merged in) onto a base model and save the result.
 
     erase apply three-delta.safetensors --base default --output erased-three
+    erase apply three-lora.safetensors --base default --output erased-three
 
 Refuses a delta whose tensor names or shapes do not match the base UNet, whose values are NaN,
 inf, integers or missing, or that was made from another base model (unless --force).
@@ -15,7 +17,11 @@ from pipelines.loading import MODEL_CONFIG_HELP
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("delta", help="a delta .safetensors written by `erase export --format delta`")
+    parser.add_argument(
+        "delta",
+        metavar="FILE",
+        help="a delta or LoRA .safetensors written by `erase export` (--format delta, lora or lora-kohya)",
+    )
     parser.add_argument("--base", default="default", help="base model the delta was trained from (default: default)")
     parser.add_argument("--output", required=True, help="folder (diffusers) or .safetensors file (single-file)")
     parser.add_argument("--format", choices=["diffusers", "single-file"], default="diffusers")
@@ -40,5 +46,5 @@ def run(args: argparse.Namespace) -> int:
         model_config=args.model_config,
         allow_pickle=args.allow_pickle,
     )
-    print(f"delta applied to {args.base} → {path}")
+    print(f"{args.delta} applied to {args.base} → {path}")
     return 0

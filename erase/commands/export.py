@@ -5,7 +5,9 @@
 
 `single-file` is the original Stable Diffusion layout (StableDiffusionPipeline.from_single_file
 and other SD tools read it); `delta` holds only the trained tensors plus metadata (base model,
-method, concept) and is put back onto a base model with `erase apply`.
+method, concept) and is put back onto a base model with `erase apply`. A `--parameters lora` run
+also exports its adapters: `lora` in diffusers' layout (`pipe.load_lora_weights(file)`) and
+`lora-kohya` in the layout A1111 and ComfyUI load (diffusers reads it too).
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from erase.export import export_run
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN", help="run folder written by `erase train`")
-    parser.add_argument("--format", choices=["diffusers", "single-file", "delta"], default="single-file")
+    parser.add_argument(
+        "--format",
+        choices=["diffusers", "single-file", "delta", "lora", "lora-kohya"],
+        default="single-file",
+        help="single-file (default), diffusers folder, delta (trained tensors), or a --parameters lora run's "
+        "adapters: lora (diffusers' layout, for pipe.load_lora_weights) or lora-kohya (A1111, ComfyUI)",
+    )
     parser.add_argument("--output", required=True, help="folder (diffusers) or .safetensors file")
     parser.add_argument("--overwrite", action="store_true", help="replace an output erase wrote earlier")
 
