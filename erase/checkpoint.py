@@ -49,8 +49,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     balancer_state: dict,
     rng_states: list[torch.Tensor],
+    scaler_state: dict | None = None,
 ) -> Path:
-    """``rng_states``: the data generator's state of process 0, 1, ... (one entry per process)."""
+    """``rng_states``: the data generator's state of process 0, 1, ... (one entry per process);
+    ``scaler_state``: fp16's loss scaler (its scale and growth tracker), so an fp16 resume is exact."""
     root = Path(run_dir) / CHECKPOINTS
     target = root / f"step-{step:07d}"
     opt_tensors, opt_meta = _optimizer_tensors(optimizer)
@@ -58,7 +60,8 @@ def save_checkpoint(
         save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
         rng = {_rng_key(rank): state.cpu() for rank, state in enumerate(rng_states)}
         save_file(opt_tensors | rng, str(tmp / "optimizer.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"step": step, "balancer": balancer_state, "optimizer": opt_meta}))
+        meta = {"step": step, "balancer": balancer_state, "optimizer": opt_meta, "scaler": scaler_state}
+        (tmp / "state.json").write_text(json.dumps(meta))
     for old in root.glob("step-*"):
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
@@ -74,8 +77,9 @@ def _rng_key(rank: int) -> str:
     return "__rng__" if rank == 0 else f"__rng__.{rank}"  # process 0's key predates several processes
 
 
-def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict, dict, list[torch.Tensor]]:
-    """(step, trainable tensors, optimizer state_dict, balancer state, RNG state per process); a damaged
+def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict, dict, list[torch.Tensor], dict | None]:
+    """(step, trainable tensors, optimizer state_dict, balancer state, RNG state per process, loss
+    scaler state or None); a damaged
     checkpoint is named with the fix (it is always written whole, so something else cut it)."""
     try:
         meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
@@ -89,6 +93,7 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict, dic
             _optimizer_state(opt, meta["optimizer"]),
             meta["balancer"],
             rng,
+            meta.get("scaler"),
         )
     except Exception as err:  # json, safetensors and key errors alike mean "damaged"
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__

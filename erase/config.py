@@ -173,20 +173,6 @@ class TrainConfig:
             raise InputError(f"--lambda-warmup must be at least 3 (steps to measure on), got {self.lambda_warmup}")
         if self.lambda_init > self.lambda_max:
             raise InputError(f"--lambda-init {self.lambda_init} is above --lambda-max {self.lambda_max}; lower it")
-        gradient_dots = [
-            flag
-            for flag, used in (
-                ("--method explicit", self.method == "explicit"),
-                ("--mask feasible", self.mask == "feasible"),
-                ("--lambda-gain", self.lambda_gain is not None),
-            )
-            if used
-        ]
-        if self.mixed_precision == "fp16" and gradient_dots:
-            raise InputError(
-                f"--mixed-precision fp16 multiplies gradients by a loss scale, which {gradient_dots[0]} would compare "
-                "with unscaled numbers; use --mixed-precision bf16 or no"
-            )
         if self.lora_rank < 1:
             raise InputError(f"--lora-rank must be at least 1, got {self.lora_rank}")
         if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):

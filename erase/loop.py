@@ -251,7 +251,7 @@ class ErasureRun:
         return (self.output / "model_index.json").is_file() and latest_checkpoint(self.output) is None
 
     def _restore(self, path: Path) -> None:
-        step, trainable, opt_state, balancer_state, rng = load_checkpoint(path)
+        step, trainable, opt_state, balancer_state, rng, scaler_state = load_checkpoint(path)
         unet = self.accelerator.unwrap_model(self.unet)
         missing = self.param_names - set(trainable)
         if missing:
@@ -271,6 +271,8 @@ class ErasureRun:
                 "checkpoint), or use --overwrite to start afresh"
             )
         self.generator.set_state(rng[self.accelerator.process_index])
+        if self.accelerator.scaler is not None and scaler_state is not None:
+            self.accelerator.scaler.load_state_dict(scaler_state)
         self.start_step = step
 
     # 2. One step ----------------------------------------------------------------------------
@@ -320,17 +322,39 @@ class ErasureRun:
             value = self._retain_loss(batch)
         return self.accelerator.reduce(value.detach(), "mean").item()
 
+    def _loss_scale(self) -> float:
+        """fp16's current loss scale S (a power of two), 1 without a loss scaler."""
+        scaler = self.accelerator.scaler
+        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
     def _backward(self, loss: torch.Tensor, **kwargs) -> None:
-        """Backward, then average the trainable gradients over processes ourselves: DDP's hooks
-        expect one backward per forward, but balancers and the mask take several per step (a
-        two-process test caught `explicit` drifting apart under DDP's own reduction)."""
+        """Backward, leaving *unscaled* gradients: under fp16 the loss scaler multiplies them by
+        S, and balancers and the mask compare them with ε or with each other, so they are divided
+        by S here (exact: S is a power of two) and multiplied back just before the optimiser step
+        (``_rescale_for_step``), where the scaler unscales them and checks for overflow itself.
+
+        Then the trainable gradients are averaged over processes by us: DDP's hooks expect one
+        backward per forward, but balancers and the mask take several per step (a two-process test
+        caught `explicit` drifting apart under DDP's own reduction)."""
         acc = self.accelerator
         if acc.num_processes == 1:
             acc.backward(loss, **kwargs)
-            return
-        with acc.no_sync(self.unet):
-            acc.backward(loss, **kwargs)
-        set_flat_grad(self.params, acc.reduce(flat_grad(self.params), "mean"))
+        else:
+            with acc.no_sync(self.unet):
+                acc.backward(loss, **kwargs)
+            set_flat_grad(self.params, acc.reduce(flat_grad(self.params), "mean"))
+        scale = self._loss_scale()
+        if scale != 1.0:
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.div_(scale)
+
+    def _rescale_for_step(self) -> None:
+        scale = self._loss_scale()
+        if scale != 1.0:
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
 
     def _retain_gradient_samples(self, batch) -> torch.Tensor:
         """(m, n) retain gradients over m micro-batches, for the feasible mask."""
@@ -372,10 +396,14 @@ class ErasureRun:
             masked, keep = self.mask.apply(flat_grad(self.params), samples)
             set_flat_grad(self.params, masked)
             log["mask_kept"] = keep.float().mean().item()
+        self._rescale_for_step()
         if cfg.max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
         before = flat_params(self.params) if keep is not None or self.balancer.constrains_update else None
         self.optimizer.step()
+        if self.accelerator.optimizer_step_was_skipped:  # fp16 overflow: θ did not move, so λ must not
+            self.balancer.skip_step()
+            return log | {"skipped": 1.0, "loss_scale": self._loss_scale()}
         if keep is not None:  # the mask's promise is about θ: Adam's momentum would move rejected ones
             keep = self.mask.hold(self.params, before, keep, samples)
             log["mask_moved"] = keep.float().mean().item()
@@ -464,7 +492,8 @@ class ErasureRun:
             return
         unet = self.accelerator.unwrap_model(self.unet)
         trainable = {n: p for n, p in unet.named_parameters() if n in self.param_names}
-        save_checkpoint(self.output, step, trainable, self.optimizer, self.balancer.state_dict(), rng_states)
+        scaler = self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None
+        save_checkpoint(self.output, step, trainable, self.optimizer, self.balancer.state_dict(), rng_states, scaler)
 
     def _save_pipeline(self) -> None:
         """Write the erased pipeline into the run folder; model_index.json last, so only a complete

@@ -82,7 +82,7 @@ CASES = [
     ("train-lr-zero", TRAIN + ["--concept", "x", "--learning-rate", "0"], "--learning-rate must be > 0"),
     ("train-lambda-gain-zero", TRAIN + ["--concept", "x", "--lambda-gain", "0"], "--lambda-gain must be a finite"),
     ("train-lambda-warmup-two", TRAIN + ["--concept", "x", "--lambda-warmup", "2"], "--lambda-warmup must be at"),
-    ("train-fp16-explicit", TRAIN + ["--concept", "x", "--method", "explicit", "--mixed-precision", "fp16"], "scale"),
+    ("train-lora-dropout-one", TRAIN + ["--concept", "x", "--parameters", "lora", "--lora-dropout", "1"], "[0, 1)"),
     ("train-t-range", TRAIN + ["--concept", "x", "--t-min", "500", "--t-max", "100"], "--t-min ≤ --t-max"),
     (
         "train-mask-delta",

@@ -78,6 +78,11 @@ class Balancer(ABC):
         """Called after ``optimizer.step()``; ``retain_after()`` re-evaluates ℓ_r on the same batch."""
         return {}
 
+    def skip_step(self) -> None:  # noqa: B027 (nothing to forget by default)
+        """The optimiser skipped this step (fp16 overflow): θ did not move, ``after_step`` is not
+        called, and nothing measured across this step may drive λ."""
+        return None
+
     def state_dict(self) -> dict[str, float]:
         return {}
 

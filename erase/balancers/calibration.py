@@ -41,6 +41,13 @@ class Calibration:
         if self.steps > 1:  # the first step starts at θ*, where g_r = 0 (or rounding noise)
             self.lambdas.append(lam)
 
+    def forget_step(self) -> None:
+        """Undo this step's ``observe_lambda``: the optimiser skipped it (fp16 overflow), so its λ*
+        came from overflowed gradients and no Δℓ_r follows it."""
+        if self.steps > 1:
+            self.lambdas.pop()
+        self.steps -= 1
+
     def observe_increase(self, increase: float) -> dict[str, float]:
         """Record one warm-up Δℓ_r; at the end of the warm-up return the calibration (else {})."""
         if self.steps > 1:  # the first step's rise is left out (see the module docstring)

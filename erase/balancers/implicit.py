@@ -67,6 +67,10 @@ class ImplicitSurgery(Balancer):
         self.multiplier.update(increase)
         return {}
 
+    def skip_step(self):
+        if self.warming_up:
+            self.calibration.forget_step()
+
     def after_step(self, loss_retain_before, retain_after):
         after = retain_after()
         increase = after - loss_retain_before
@@ -113,6 +117,10 @@ class FastImplicitSurgery(ImplicitSurgery):
 
     def after_step(self, loss_retain_before, retain_after):
         return {}
+
+    def skip_step(self):
+        super().skip_step()
+        self.previous_retain = None  # the next ℓ_r is compared with nothing: no Δ across a step not taken
 
     def state_dict(self):
         return super().state_dict() | {"previous_retain": self.previous_retain}
