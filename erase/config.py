@@ -173,6 +173,11 @@ class TrainConfig:
             raise InputError(f"--lambda-warmup must be at least 3 (steps to measure on), got {self.lambda_warmup}")
         if self.lambda_init > self.lambda_max:
             raise InputError(f"--lambda-init {self.lambda_init} is above --lambda-max {self.lambda_max}; lower it")
+        if self.retain_probe == "fresh" and self.method != "eupmu":
+            raise InputError(
+                f"--retain-probe fresh is for --method eupmu (λ from ℓ_r re-measured after the step); "
+                f"--method {self.method} measures no Δℓ_r after the step: drop --retain-probe"
+            )
         if self.lora_rank < 1:
             raise InputError(f"--lora-rank must be at least 1, got {self.lora_rank}")
         if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):

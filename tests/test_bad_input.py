@@ -98,6 +98,11 @@ CASES = [
     ("train-output-is-a-file", TRAIN + ["--concept", "x", "--output", "{bad}/notes.txt"], "is a file; give a folder"),
     ("train-output-exists", TRAIN + ["--concept", "x", "--output", "{run}"], "already exists; use --resume"),
     ("train-resume-nothing", TRAIN + ["--concept", "x", "--resume"], "holds no run to resume"),
+    (
+        "train-retain-probe-wrong-method",
+        TRAIN + ["--concept", "x", "--method", "weighted", "--retain-probe", "fresh"],
+        "--retain-probe fresh is for --method eupmu",
+    ),
     ("train-lora-rank-zero", TRAIN + ["--concept", "x", "--parameters", "lora", "--lora-rank", "0"], "--lora-rank"),
     (
         "train-lora-targets-unknown",

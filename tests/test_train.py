@@ -436,3 +436,32 @@ def test_mixed_precision_on_cpu_trains_in_one_process_one_run_after_another(
     # Adam's steps magnify bf16's rounding on near-zero gradients: 0.85 measured here, while the
     # fp32 run with another seed (other batches) gives 0.24.
     assert F.cosine_similarity(step_bf16, step_fp32, dim=0) > 0.7
+
+
+def test_a_fresh_retain_probe_measures_the_step_on_a_batch_it_did_not_train_on(
+    tiny_pipeline_dir, retain_file, tmp_path
+):
+    """--retain-probe fresh: Δℓ_r = ℓ_r(θ_{t+1}, B') − ℓ_r(θ_t, B') on a retain batch B' drawn for
+    the purpose, not the step's own batch (which the step has just fitted)."""
+    run = _ready_run(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "run", retain_probe="fresh", steps=3))
+    trained, probed = [], []
+    step_losses, value_now = run._step_losses, run._retain_value_now
+
+    def record_trained(batch):
+        trained.append(batch["retain"])
+        return step_losses(batch)
+
+    def record_probe(batch):
+        value = value_now(batch)
+        probed.append((batch["retain"], value))
+        return value
+
+    run._step_losses, run._retain_value_now = record_trained, record_probe
+    for step in range(3):
+        run.step = step
+        log = run.train_step()
+        (before_batch, before), (after_batch, after) = probed[-2:]
+        assert before_batch is after_batch and before_batch is not trained[-1]
+        assert not torch.equal(before_batch.x_t, trained[-1].x_t)
+        assert log["retain_increase"] == after - before and log["retain_after"] == after
+    assert len(probed) == 6
