@@ -131,6 +131,17 @@ class TrainConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = field(
         default="no", metadata={"help": "Accelerate mixed precision"}
     )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute the UNet's activations in backward instead of keeping them (less memory, slower)"},
+    )
+    offload_encoders: bool = field(
+        default=False,
+        metadata={
+            "help": "move the text encoder(s) and VAE to the CPU once the prompts are encoded and the latent bank "
+            "exists: training never calls them (frees their accelerator memory)"
+        },
+    )
     checkpoint_every: int = field(default=50, metadata={"help": "steps between resumable checkpoints"})
     seed: int = field(default=0, metadata={"help": "seed for the bank, batches, noise and timesteps"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --output from its last checkpoint"})

@@ -42,7 +42,16 @@ LOG_NAME = "train_log.jsonl"
 LOSS_UNITS = "epsilon"  # every loss is computed on predictions converted to ε (pipelines/prediction.py)
 STAGING = ".pipeline"  # the finished pipeline is written here, then moved into the run folder
 # Fields that may differ between a run and its --resume: they do not change what is computed.
-_RESUME_MAY_CHANGE = {"output", "resume", "overwrite", "progress", "checkpoint_every", "allow_pickle"}
+_RESUME_MAY_CHANGE = {
+    "output",
+    "resume",
+    "overwrite",
+    "progress",
+    "checkpoint_every",
+    "allow_pickle",
+    "gradient_checkpointing",  # memory levers: the same numbers, computed with less memory
+    "offload_encoders",
+}
 
 
 class NonFiniteLossError(InputError):
@@ -159,10 +168,16 @@ class ErasureRun:
             )
         prompts = {"forget": self.forget_prompts, "retain": self.retain_prompts}
         self.x_source = X_SOURCES[cfg.x_source](pipe, self.family, prompts, self.conditions, cfg, show)
+        if cfg.offload_encoders:  # from here on only the UNet runs (the conditioning is encoded)
+            for name, part in pipe.components.items():
+                if isinstance(part, torch.nn.Module) and name != "unet":
+                    part.to("cpu")
 
         # Trainable tensors (the UNet's own, or LoRA adapters), and the frozen original's
         # predictions from the same UNet (erase/frozen.py: no second UNet).
         unet = pipe.unet
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
         state = unet.state_dict()
         self.base_fingerprint = tensors_fingerprint(state, changed_tensors(state, asdict(cfg)))
         self.trainable = PARAMETER_SETS[cfg.parameters].attach(unet, asdict(cfg))
@@ -500,6 +515,8 @@ class ErasureRun:
         folder is loadable."""
         pipe = self.pipe
         pipe.unet = self.accelerator.unwrap_model(self.unet).eval()
+        if self.config.gradient_checkpointing:
+            pipe.unet.disable_gradient_checkpointing()  # a training setting, not part of the model
         for name, write in self.trainable.finish().items():  # LoRA: its adapters, then merged into the UNet
             with atomic_path(self.output / name) as tmp:
                 write(tmp)

@@ -465,3 +465,36 @@ def test_a_fresh_retain_probe_measures_the_step_on_a_batch_it_did_not_train_on(
         assert not torch.equal(before_batch.x_t, trained[-1].x_t)
         assert log["retain_increase"] == after - before and log["retain_after"] == after
     assert len(probed) == 6
+
+
+def test_memory_levers_change_memory_not_the_numbers(tiny_pipeline_dir, retain_file, tmp_path):
+    """--gradient-checkpointing recomputes activations in backward, --offload-encoders moves the
+    text encoder and VAE off the device after setup: the run is bit-identical, and after setup
+    nothing calls the encoders (so moving them away is safe)."""
+    settings = dict(method="eupmu", parameters="full", steps=3)
+    plain = loop.train(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "plain", **settings))
+    run = _ready_run(
+        tiny_config(
+            tiny_pipeline_dir,
+            retain_file,
+            tmp_path / "levers",
+            gradient_checkpointing=True,
+            offload_encoders=True,
+            **settings,
+        )
+    )
+    assert run.pipe.unet.is_gradient_checkpointing
+
+    def not_after_setup(*args, **kwargs):
+        raise AssertionError("an encoder ran after setup")
+
+    run.pipe.text_encoder.forward = not_after_setup
+    run.pipe.vae.forward = run.pipe.vae.encode = run.pipe.vae.decode = not_after_setup
+    levers = run.train()
+    a, b = unet_weights(plain), unet_weights(levers)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in open(plain / "train_log.jsonl")]
+    assert strip == [
+        {k: v for k, v in json.loads(x).items() if k != "seconds"} for x in open(levers / "train_log.jsonl")
+    ]
+    assert not json.loads((levers / "unet" / "config.json").read_text()).get("gradient_checkpointing")
