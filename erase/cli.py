@@ -33,8 +33,8 @@ HELP = {
     "generate": "draw images for a prompt list (seeded, batched, resumable)",
     "prompts": "list the shipped prompt lists, or show one",
     "train": "erase a concept: fine-tune the UNet, write a run folder",
-    "export": "write a run as a diffusers folder, a single-file checkpoint or a delta",
-    "apply": "put a delta onto a base model",
+    "export": "write a run as a diffusers folder, a single-file checkpoint, a delta or a LoRA",
+    "apply": "put a delta or a LoRA of ours onto a base model",
     "sweep": "erase one concept over a grid of a method's knob and seeds; write the erasure-vs-utility front",
 }
 

@@ -165,7 +165,8 @@ def write_lora(adapters: Path, output: Path, config: Mapping, pipeline_class, ko
     own pipeline class, as ``pipe.load_lora_weights`` expects it), or kohya's."""
     metadata, state = read_lora(adapters)
     ours = {TAG_KEY: LORA_FORMAT, "base_fingerprint": str(config.get("base_fingerprint", ""))}
-    ours |= {k: metadata[k] for k in ("rank", "alpha", "targets", "base_model", "concept") if k in metadata}
+    ours |= {k: metadata[k] for k in ("rank", "alpha", "targets", "concept") if k in metadata}
+    ours["base_model"] = str(config.get("base_model", metadata.get("base_model", "")))  # as the run recorded it
     if kohya:
         save_file(kohya_keys(state, float(metadata["alpha"])), str(output), metadata={"format": "pt"} | ours)
         return

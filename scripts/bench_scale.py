@@ -1,7 +1,8 @@
 """What a run costs at full size: memory a run adds to the loaded pipeline and median step time,
 per parameter set (xattn, full, lora) and balancer, on random-weight UNets built from the shipped
 SD 1.5 / 2.1 / XL configs (no download), with the frozen original taken from the trained UNet
-itself (today) or from a deep copy (how it was before; `--frozen copy`).
+itself (today) or from a deep copy (how it was before; `--frozen copy`), with and without
+`--gradient-checkpointing` (`--checkpointing off on`). On CUDA the encoders are offloaded.
 
     python scripts/bench_scale.py --families sd15 --parameters xattn full lora --frozen swap copy
     python scripts/bench_scale.py --smoke          # tiny models: checks the script (CI can afford it)
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import statistics
 import subprocess
@@ -87,6 +89,8 @@ def one(spec: dict) -> dict:
             mixed_precision="bf16" if device == "cuda" else "no",
             checkpoint_every=10_000,
             progress=False,
+            gradient_checkpointing=spec.get("checkpointing", False),
+            offload_encoders=device == "cuda",
         )
         run = ErasureRun(config, pipe)
         run.check_inputs()
@@ -116,6 +120,29 @@ def one(spec: dict) -> dict:
     }
 
 
+def frozen_bytes(families: list[str], parameter_sets: list[str]) -> None:
+    """What the frozen original holds per family and parameter set, counted on UNets built on the
+    meta device from the shipped configs (no weights, no compute): the trained tensors' originals
+    (fp32) against the deep copy of the whole UNet the loop kept before. LoRA holds none."""
+    from accelerate import init_empty_weights
+    from bench_families_gpu import BY_CONFIG
+    from diffusers import UNet2DConditionModel
+
+    from erase.params import PARAMETER_SETS
+
+    print("| family | parameters | frozen originals GiB (fp32) | deep copy GiB (fp32) |")
+    print("|---|---|---|---|")
+    for name in families:
+        config = json.loads((BY_CONFIG[name].config_dir / "unet" / "config.json").read_text())
+        with init_empty_weights():
+            unet = UNet2DConditionModel.from_config(config)
+        whole = sum(p.numel() for p in unet.parameters()) * 4 / GIB
+        for chosen in parameter_sets:
+            entry = PARAMETER_SETS[chosen]
+            kept = 0.0 if chosen == "lora" else sum(p.numel() for n, p in unet.named_parameters() if entry.keep(n)) * 4
+            print(f"| {name} | {chosen} | {kept / GIB:.3f} | {whole:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--families", nargs="+", default=["sd15"], choices=["sd15", "sd21", "sdxl"])
@@ -123,11 +150,18 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["weighted"])
     parser.add_argument("--frozen", nargs="+", default=["swap", "copy"], choices=["swap", "copy"])
     parser.add_argument("--batch", nargs="+", type=int, default=[1])
+    parser.add_argument(
+        "--checkpointing", nargs="+", default=["off"], choices=["off", "on"], help="--gradient-checkpointing"
+    )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks this script only")
     parser.add_argument("--out", default=None, help="also append the JSON records to this file")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one configuration
+    parser.add_argument("--frozen-bytes", action="store_true", help="only count what the frozen original holds")
     args = parser.parse_args()
+    if args.frozen_bytes:
+        frozen_bytes(args.families, args.parameters)
+        return
     if args.one:
         print(json.dumps(one(json.loads(args.one))))
         return
@@ -136,10 +170,11 @@ def main() -> None:
         for parameters in args.parameters:
             for method in args.methods:
                 for batch in args.batch:
-                    for frozen in args.frozen:
+                    for frozen, checkpointing in itertools.product(args.frozen, args.checkpointing):
                         if parameters == "lora" and frozen == "copy":  # LoRA's frozen model is its adapters off
                             continue
                         spec = dict(
+                            checkpointing=checkpointing == "on",
                             family=family,
                             parameters=parameters,
                             method=method,
@@ -161,11 +196,14 @@ def main() -> None:
                         if args.out:
                             with open(args.out, "a") as handle:
                                 handle.write(json.dumps(record) + "\n")
-    print("\n| family | parameters | method | batch | frozen | UNet GiB | run adds GiB | step peak GiB | step s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| family | parameters | method | batch | frozen | ckpt | UNet GiB | run adds GiB | step peak GiB | step s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
         print(
-            f"| {r['family']} | {r['parameters']} | {r['method']} | {r['batch']} | {r['frozen']} | {r['unet_gib']:.2f} "
+            f"| {r['family']} | {r['parameters']} | {r['method']} | {r['batch']} | {r['frozen']} "
+            f"| {'on' if r.get('checkpointing') else 'off'} | {r['unet_gib']:.2f} "
             f"| {r['run_adds_gib']:.2f} | {r['step_peak_over_pipeline_gib']:.2f} | {r['median_step_s']:.3f} |"
         )
 
