@@ -346,7 +346,7 @@ class ErasureRun:
         """Backward, leaving *unscaled* gradients: under fp16 the loss scaler multiplies them by
         S, and balancers and the mask compare them with ε or with each other, so they are divided
         by S here (exact: S is a power of two) and multiplied back just before the optimiser step
-        (``_rescale_for_step``), where the scaler unscales them and checks for overflow itself.
+        (``train_step``), where the scaler unscales them and checks for overflow itself.
 
         Then the trainable gradients are averaged over processes by us: DDP's hooks expect one
         backward per forward, but balancers and the mask take several per step (a two-process test
@@ -358,18 +358,13 @@ class ErasureRun:
             with acc.no_sync(self.unet):
                 acc.backward(loss, **kwargs)
             set_flat_grad(self.params, acc.reduce(flat_grad(self.params), "mean"))
-        scale = self._loss_scale()
-        if scale != 1.0:
-            for p in self.params:
-                if p.grad is not None:
-                    p.grad.div_(scale)
+        self._scale_gradients(1.0 / self._loss_scale())
 
-    def _rescale_for_step(self) -> None:
-        scale = self._loss_scale()
-        if scale != 1.0:
+    def _scale_gradients(self, factor: float) -> None:
+        if factor != 1.0:
             for p in self.params:
                 if p.grad is not None:
-                    p.grad.mul_(scale)
+                    p.grad.mul_(factor)
 
     def _retain_gradient_samples(self, batch) -> torch.Tensor:
         """(m, n) retain gradients over m micro-batches, for the feasible mask."""
@@ -411,7 +406,7 @@ class ErasureRun:
             masked, keep = self.mask.apply(flat_grad(self.params), samples)
             set_flat_grad(self.params, masked)
             log["mask_kept"] = keep.float().mean().item()
-        self._rescale_for_step()
+        self._scale_gradients(self._loss_scale())  # back to the scaler's units for its step
         if cfg.max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
         before = flat_params(self.params) if keep is not None or self.balancer.constrains_update else None

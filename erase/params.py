@@ -62,11 +62,6 @@ PARAMETER_SETS: dict = {
 }
 
 
-def select_parameters(unet: nn.Module, name: str) -> list[tuple[str, nn.Parameter]]:
-    """Mark a tensor subset's parameters trainable (and every other one frozen); return them."""
-    return PARAMETER_SETS[name].attach(unet, {}).named
-
-
 def changed_tensors(state: Iterable[str], settings: Mapping) -> list[str]:
     """The UNet tensors (names from ``state``) a finished run with ``settings`` can have changed:
     what a delta holds and what the base fingerprint covers."""

@@ -9,39 +9,34 @@ import json
 import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
+from tiny_models import TEXT_WIDTH, sd1_components
 
 import erase.loop as loop
 import erase.params as params
 from erase.config import TrainConfig
 from erase.frozen import FrozenOriginal
-from erase.params import select_parameters
+from erase.params import PARAMETER_SETS
 
 
-def _unet(dropout: float = 0.0) -> UNet2DConditionModel:
+def _unet(tokenizer, dropout: float = 0.0) -> UNet2DConditionModel:
+    """The suite's tiny SD 1.x UNet, with dropout where a test needs it."""
     torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        cross_attention_dim=12,
-        attention_head_dim=2,
-        norm_num_groups=4,
-        dropout=dropout,
-    )
+    return UNet2DConditionModel.from_config(sd1_components(tokenizer)["unet"].config, dropout=dropout)
+
+
+def _xattn(unet) -> set[str]:
+    return {n for n, _ in unet.named_parameters() if PARAMETER_SETS["xattn"].keep(n)}
 
 
 def _inputs():
     g = torch.Generator().manual_seed(1)
-    return torch.randn(2, 4, 8, 8, generator=g), torch.tensor([10, 700]), torch.randn(2, 5, 12, generator=g)
+    return torch.randn(2, 4, 8, 8, generator=g), torch.tensor([10, 700]), torch.randn(2, 5, TEXT_WIDTH, generator=g)
 
 
-def test_frozen_output_equals_a_deep_copy_of_the_original_after_training_moved_the_weights():
-    unet = _unet(dropout=0.5).train()  # dropout: the frozen call must run in eval mode, as a frozen copy does
-    names = {n for n, _ in select_parameters(unet, "xattn")}
+def test_frozen_output_equals_a_deep_copy_of_the_original_after_training_moved_the_weights(tokenizer):
+    unet = _unet(tokenizer, dropout=0.5).train()  # dropout: the frozen call must run in eval mode, as a copy does
+    assert unet.config.dropout == 0.5
+    names = _xattn(unet)
     copy_of_original = copy.deepcopy(unet).eval().requires_grad_(False)
     frozen = FrozenOriginal(unet, names)
     with torch.no_grad():
@@ -60,9 +55,9 @@ def test_frozen_output_equals_a_deep_copy_of_the_original_after_training_moved_t
     assert not got.requires_grad
 
 
-def test_only_the_trained_tensors_are_kept():
-    unet = _unet()
-    names = {n for n, _ in select_parameters(unet, "xattn")}
+def test_only_the_trained_tensors_are_kept(tokenizer):
+    unet = _unet(tokenizer)
+    names = _xattn(unet)
     frozen = FrozenOriginal(unet, names)
     assert set(frozen.originals) == names
     whole = sum(p.numel() * p.element_size() for p in unet.parameters())
