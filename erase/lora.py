@@ -138,7 +138,7 @@ def lora_metadata(settings: Mapping) -> dict[str, str]:
 
 
 def read_lora(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """A run's adapters and their metadata."""
+    """A LoRA file's metadata and tensors (a run's adapters, or an exported file)."""
     with safe_open(str(path), "pt") as handle:
         return handle.metadata() or {}, {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
 
@@ -177,12 +177,5 @@ def write_lora(adapters: Path, output: Path, config: Mapping, pipeline_class, ko
     ).to_dict()
     with tempfile.TemporaryDirectory() as tmp:  # diffusers writes a folder; we keep one file
         pipeline_class.save_lora_weights(tmp, unet_lora_layers=state, unet_lora_adapter_metadata=adapter_config)
-        written = Path(tmp) / "pytorch_lora_weights.safetensors"
-        with safe_open(str(written), "pt") as handle:
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
-            theirs = handle.metadata() or {}
+        theirs, tensors = read_lora(Path(tmp) / "pytorch_lora_weights.safetensors")
     save_file(tensors, str(output), metadata=theirs | ours)
-
-
-def is_lora_file(metadata: Mapping[str, str]) -> bool:
-    return metadata.get(TAG_KEY) == LORA_FORMAT
