@@ -99,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         again = shlex.join(["erase", *(hint(args, argv) if hint else argv)])
         print(f"erase{' ' + command if command else ''}: interrupted; to continue, run: {again}", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # only a command that started processes has a group
+            from pipelines.processes import close_process_group
+
+            close_process_group()
 
 
 def _run(args: argparse.Namespace) -> int:

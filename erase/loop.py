@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import gather_object
-from tqdm.auto import tqdm
 
 from erase import losses
 from erase.balancers import BalancerSettings, build_balancer
@@ -34,6 +33,7 @@ from pipelines.lock import output_lock
 from pipelines.ownership import OwnedFolder, check_outside, pipeline_entries
 from pipelines.prediction import EpsilonSpace
 from pipelines.processes import accelerator_for, is_main_process
+from pipelines.progress import progress
 from pipelines.prompt_fit import require_whole
 from prompts import InputError, PromptRecord, load_prompts
 
@@ -444,11 +444,12 @@ class ErasureRun:
         acc = self.accelerator
         log_path = self.output / LOG_NAME
         committed = False
-        bar = tqdm(
-            total=cfg.steps,
+        bar = progress(
+            cfg.steps,
+            f"erase ({cfg.method})",
+            unit="step",
+            enabled=cfg.progress and acc.is_local_main_process,
             initial=self.start_step,
-            desc=f"erase ({cfg.method})",
-            disable=not (cfg.progress and acc.is_local_main_process),
         )
         start = time.perf_counter()
         for step in range(self.start_step, cfg.steps):
@@ -474,6 +475,7 @@ class ErasureRun:
             self._check_processes_agree()
         if acc.is_main_process:
             self._save_pipeline()
+        acc.wait_for_everyone()  # every process returns a complete run folder
         return self.output
 
     def _record_calibration(self, log: dict) -> None:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from eval.config import EvalConfig
 from eval.images import load_images
@@ -24,6 +23,7 @@ from pipelines.loading import DEFAULT_MODEL_DIR, check_model
 from pipelines.lock import output_lock
 from pipelines.ownership import OwnedFolder, check_outside
 from pipelines.processes import process_state
+from pipelines.progress import track
 from prompts import InputError, load_prompts
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -204,7 +204,7 @@ def _evaluate(config: EvalConfig) -> Evaluation:
         return Evaluation({}, output, None)
 
     # 2. The judge's labels.
-    for model in tqdm(models, desc="judge", disable=not config.progress):
+    for model in track(models, len(models), "judge", unit="model", enabled=config.progress):
         model.predictions = _judge(judge, model)
 
     # 3. Metrics per run (the base model is scored against each run's erased concept too).

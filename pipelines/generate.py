@@ -23,7 +23,6 @@ from typing import Literal
 
 import torch
 from accelerate.utils import gather_object
-from tqdm.auto import tqdm
 
 from pipelines.files import atomic_path, write_json_atomic, write_text_atomic
 from pipelines.grid import save_grid
@@ -31,6 +30,7 @@ from pipelines.loading import MODEL_CONFIG_HELP, check_sampler_steps, load_pipel
 from pipelines.lock import output_lock
 from pipelines.ownership import OwnedFolder, check_outside
 from pipelines.processes import process_state
+from pipelines.progress import progress
 from pipelines.prompt_fit import truncation_warning
 from prompts import InputError, PromptRecord, load_prompts
 from prompts.checks import check_seed, check_types
@@ -279,7 +279,7 @@ def _generate_into(output: Path, jobs: list[ImageJob], config: GenerateConfig, p
 
     # 3. Generate in rounds (one batch per process), writing each image and the manifest as we go.
     start = time.perf_counter()
-    bar = tqdm(total=len(todo), desc="generate", unit="img", disable=not (config.progress and main and todo))
+    bar = progress(len(todo), "generate", unit="img", enabled=bool(config.progress and main and todo))
     per_round = config.batch_size * world
     committed = False
     for first in range(0, len(todo), per_round):

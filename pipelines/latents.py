@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from pipelines.files import atomic_path
+from pipelines.progress import progress as progress_bar
 
 
 def cache_dir() -> Path:
@@ -97,7 +97,7 @@ def generate_latents(
             return cached
     jobs = [(p, k) for p in range(len(prompts)) for k in range(per_prompt)]
     out = []
-    bar = tqdm(total=len(jobs), desc=desc, unit="latent", disable=not progress)
+    bar = progress_bar(len(jobs), desc, unit="latent", enabled=progress)
     for first in range(0, len(jobs), batch_size):
         chunk = jobs[first : first + batch_size]
         generators = [torch.Generator("cpu").manual_seed(seed + 1000 * p + k) for p, k in chunk]

@@ -30,3 +30,14 @@ def accelerator_for(mixed_precision: str) -> Accelerator:
     if settled not in (None, mixed_precision) and process_state().num_processes == 1:
         AcceleratorState._reset_state()  # accelerate's own tests reset it the same way
     return Accelerator(mixed_precision=mixed_precision)
+
+
+def close_process_group() -> None:
+    """Tear the process group down while the interpreter is still whole. Left to interpreter
+    finalisation, gloo's worker threads can free tensors after Python is gone and the process
+    dies with SIGABRT at exit (pytorch/pytorch#179291): a finished ``torchrun`` run then reports
+    failure. Alone (no group started) this does nothing."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -304,7 +304,8 @@ def test_two_process_data_parallel_run_keeps_processes_in_step(tiny_pipeline_dir
     command += ["--retain", str(retain_file), "--output", str(out), "--steps", "3", "--batch-size", "2"]
     command += ["--bank-size", "1", "--bank-steps", "1", "--mask-micro-batches", "2", "--no-progress", *flags]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    # the ranks' own messages come first; torchrun's summary (which names only signals) last
+    assert result.returncode == 0, result.stderr[:4000] + "\n...\n" + result.stderr[-1500:]
     assert result.stdout.count("erased model →") == 1  # only the main process reports
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 3]
