@@ -14,7 +14,7 @@ from prompts.checks import check_types
 @dataclass
 class EvalConfig:
     runs: list[str] = field(metadata={"help": "run folders from `erase train` (or any model with --base)"})
-    output: str = field(metadata={"help": "report folder: images/, metrics.json, report.md, figures/"})
+    output: str = field(metadata={"help": "report folder: images/, metrics.json, report.html, report.md, figures/"})
     base: str | None = field(
         default=None, metadata={"help": "the original model (default: the base recorded in the run folder)"}
     )

@@ -93,9 +93,14 @@ class ZeroShotJudge(Judge):
         self.image_size = encoder.image_size
         self.feature_name = f"open_clip {encoder.architecture} image features"
         self.text = {
-            axis: encoder.encode_text([self.TEMPLATES[axis].format(n) for n in names])
+            axis: encoder.encode_text([self._template(axis).format(n) for n in names])
             for axis, names in self.labels.items()
         }
+
+    def _template(self, axis: str) -> str:
+        """The model's own template where it names one (the tiny CLIP was trained with its
+        own), else CLIP's usual ones."""
+        return self.encoder.templates.get(axis, self.TEMPLATES[axis])
 
     @torch.no_grad()
     def predict(self, images):

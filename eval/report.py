@@ -1,5 +1,5 @@
 """The evaluation report: ``metrics.json`` (every number with its definition and sample count)
-and ``report.md`` with the metric tables, base-vs-erased image grids on the same seeds, the
+and ``report.md`` / ``report.html`` with the metric tables, base-vs-erased image grids on the same seeds, the
 training curves, and for several runs a comparison table and a UA-vs-utility scatter."""
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from eval.metrics.base import rows_showing  # noqa: E402
+from eval.report_blocks import Block, Bullets, Figure, Heading, Table, Text, to_html, to_markdown  # noqa: E402
 from pipelines.files import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from pipelines.grid import save_grid  # noqa: E402
 
 SECTIONS = ("Settings", "Definitions", "Results", "Comparison", "Images", "Training curves")
 UTILITY_KEYS = ("RA", "IRA")  # the retained-accuracy metric a scatter puts against UA
+GRID_CELL = 96  # px per image in the grids: the default model's 32-px images are enlarged 3×
 COLUMN_ORDER = ("UA", "UA_class", "UA_style", "RA", "IRA", "CRA", "CRA_erased_style", "FID_vs_base", "FID_vs_real")
 
 
@@ -32,75 +34,90 @@ def _ua_key(scores: dict) -> str | None:
 
 
 def write_report(result: dict, models, runs, output: Path) -> Path:
-    figures = output / "figures"
+    """metrics.json, the figures, then report.md and report.html from the same blocks; returns
+    report.html, the one to open."""
     write_json_atomic(output / "metrics.json", result)
-    lines = ["# Erasure evaluation", ""]
+    blocks = report_blocks(result, models, runs, output)
+    write_text_atomic(output / "report.md", to_markdown(blocks))
+    page = output / "report.html"
+    write_text_atomic(page, to_html(blocks, title=_title(result)))
+    return page
 
-    lines += ["## Settings", ""]
-    for key, val in result["settings"].items():
-        lines.append(f"- {key}: {val}")
+
+def _title(result: dict) -> str:
+    erased = "; ".join(
+        f"{name}: " + ", ".join(f"{a}={v}" for a, v in run["erased"].items()) for name, run in result["runs"].items()
+    )
+    return f"Erasure evaluation ({erased})" if erased else "Erasure evaluation"
+
+
+def report_blocks(result: dict, models, runs, output: Path) -> list[Block]:
+    """What the report says, section by section (SECTIONS); figures are drawn as it goes."""
+    figures = output / "figures"
+
+    def rel(path: Path) -> str:
+        return path.relative_to(output).as_posix()
+
+    blocks: list[Block] = [Heading(_title(result), 1)]
+
     gen = result["generation"]
     rate = f", {gen['images_per_second']:.1f} images/s" if gen["images_per_second"] else ""
-    lines += [f"- images generated this time: {gen['images_generated']} ({gen['seconds']} s{rate})", ""]
+    settings = [("", f"{key}: {val}") for key, val in result["settings"].items()]
+    settings.append(("", f"images generated this time: {gen['images_generated']} ({gen['seconds']} s{rate})"))
+    blocks += [Heading("Settings"), Bullets(settings)]
 
-    lines += ["## Definitions", ""]
     definitions = {}
     for run in result["runs"].values():
         for key, entry in (run["base"] | run["erased_model"]).items():
             definitions.setdefault(key, entry["definition"])
-    lines += [f"- **{key}**: {text}" for key, text in definitions.items()] + [""]
+    blocks += [Heading("Definitions"), Bullets(list(definitions.items()))]
 
-    lines += ["## Results", ""]
+    blocks.append(Heading("Results"))
     for name, run in result["runs"].items():
         erased = ", ".join(f"{a} = {v}" for a, v in run["erased"].items())
-        lines += [f"### {name} (erased {erased})", ""]
-        lines += [f"{run['forget_images']} forget-prompt images, {run['retain_images']} retain-prompt images.", ""]
-        lines += ["| metric | base model | erased model | n |", "|---|---|---|---|"]
+        rows = []
         for key in dict.fromkeys([*run["erased_model"], *run["base"]]):
             e, b = run["erased_model"].get(key), run["base"].get(key)
-            lines.append(f"| {key} | {_fmt(b)} | {_fmt(e)} | {(e or b)['n']} |")
-        lines.append("")
+            rows.append([key, _fmt(b), _fmt(e), str((e or b)["n"])])
+        blocks += [
+            Heading(f"{name} (erased {erased})", 3),
+            Text(f"{run['forget_images']} forget-prompt images, {run['retain_images']} retain-prompt images."),
+            Table(["metric", "base model", "erased model", "n"], rows),
+        ]
 
-    lines += ["## Comparison", ""]
+    blocks.append(Heading("Comparison"))
     found = {k for run in result["runs"].values() for k in run["erased_model"]}
     keys = [k for k in COLUMN_ORDER if k in found] + sorted(found - set(COLUMN_ORDER))
-    lines += ["| run | erased | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
-    for name, run in result["runs"].items():
-        erased = ", ".join(f"{a}={v}" for a, v in run["erased"].items())
-        lines.append(f"| {name} | {erased} | " + " | ".join(_fmt(run["erased_model"].get(k)) for k in keys) + " |")
-    lines.append("")
+    rows = [
+        [name, ", ".join(f"{a}={v}" for a, v in run["erased"].items())]
+        + [_fmt(run["erased_model"].get(k)) for k in keys]
+        for name, run in result["runs"].items()
+    ]
+    blocks.append(Table(["run", "erased", *keys], rows))
     if (scatter := _scatter(result, figures / "ua_vs_utility.png")) is not None:
-        lines += [f"![UA against retained accuracy]({scatter.relative_to(output).as_posix()})", ""]
+        blocks.append(Figure(rel(scatter), "UA against retained accuracy"))
 
-    lines += ["## Images", ""]
-    lines += ["Each grid: the base model (top row) and the erased model (bottom row), same prompts and seeds.", ""]
+    blocks += [
+        Heading("Images"),
+        Text("Each grid: the base model (top row) and the erased model (bottom row), same prompts and seeds."),
+    ]
     base = models[0]
     for model, run in zip(models[1:], result["runs"].values(), strict=True):
         for part, rows in (("forget", _forget_rows(model, run)), ("retain", _retain_rows(model, run))):
             if not rows:
                 continue
             target = figures / f"{model.name}-{part}.png"
-            save_grid(base.paths(rows) + model.paths(rows), target, columns=len(rows), min_cell=64)
-            lines += [
-                f"**{model.name}, {part} prompts**",
-                "",
-                f"![{part}]({target.relative_to(output).as_posix()})",
-                "",
-            ]
+            save_grid(base.paths(rows) + model.paths(rows), target, columns=len(rows), min_cell=GRID_CELL)
+            blocks.append(Figure(rel(target), part, caption=f"{model.name}, {part} prompts", pixelated=True))
 
-    lines += ["## Training curves", ""]
-    drawn = False
-    for info in runs:
-        if info.log is not None:
-            target = _curves(info.log, figures / f"{info.name}-training.png", info.name)
-            lines += [f"![{info.name} training]({target.relative_to(output).as_posix()})", ""]
-            drawn = True
+    blocks.append(Heading("Training curves"))
+    drawn = [info for info in runs if info.log is not None]
+    for info in drawn:
+        target = _curves(info.log, figures / f"{info.name}-training.png", info.name)
+        blocks.append(Figure(rel(target), f"{info.name} training"))
     if not drawn:
-        lines += ["No training log in the evaluated folders.", ""]
-
-    report = output / "report.md"
-    write_text_atomic(report, "\n".join(lines))
-    return report
+        blocks.append(Text("No training log in the evaluated folders."))
+    return blocks
 
 
 def _first_image_rows(model, rows: list[int], limit: int = 10) -> list[int]:

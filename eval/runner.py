@@ -101,7 +101,7 @@ class Evaluation:
     images_per_second: float | None
 
 
-REPORT_NAMES = ["images", "figures", "metrics.json", "report.md"]
+REPORT_NAMES = ["images", "figures", "metrics.json", "report.md", "report.html"]
 
 
 def evaluate(config: EvalConfig) -> Evaluation:

@@ -192,6 +192,7 @@ USER_FILES = [
     ".draft.tmp",
     "0_000.png",
     "report.md",
+    "report.html",
     "train_config.json",
     "model_index.json",
     "manifest.jsonl",

@@ -182,6 +182,66 @@ def test_eval_end_to_end_writes_every_section_and_pairs_seeds(tiny_run, labelled
     ]
 
 
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+CHECK_SCRIPT = """<script>
+window.addEventListener("load", () => {
+  const images = [...document.images].map(i => ({src: i.getAttribute("src"), loaded: i.complete,
+    natural: i.naturalWidth, shown: Math.round(i.getBoundingClientRect().width),
+    pixelated: getComputedStyle(i).imageRendering}));
+  const out = document.createElement("pre");
+  out.id = "render-check";
+  out.textContent = JSON.stringify({images, tables: document.querySelectorAll("table").length,
+    headings: [...document.querySelectorAll("h2")].map(h => h.textContent), title: document.title});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def render_in_browser(page, tmp_path) -> dict:
+    """Open ``page`` in headless Chromium (from its own folder, so relative figures resolve) and
+    return what the page reports once loaded: every image's load state and sizes, the tables."""
+    import html
+    import re
+
+    browser = next((b for b in map(shutil.which, BROWSERS) if b), None)
+    if browser is None:
+        pytest.skip("no Chromium here; `apt-get install chromium` to run the browser test")
+    probe = page.with_name("render-check.html")
+    probe.write_text(page.read_text().replace("</body>", CHECK_SCRIPT + "\n</body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+    flags += ["--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}"]
+    flags += ["--allow-file-access-from-files", "--window-size=1200,900", "--virtual-time-budget=10000"]
+    done = subprocess.run([browser, *flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="render-check">(.*?)</pre>', done.stdout, re.S)
+    assert found, f"the page did not finish loading in {browser}: {done.stderr[-1500:]}"
+    return json.loads(html.unescape(found.group(1)))
+
+
+def test_html_report_renders_in_a_browser_with_its_images(tiny_run, labelled_prompts, tmp_path):
+    out = tmp_path / "report"
+    config = EvalConfig(
+        runs=[str(tiny_run)], output=str(out), prompts=str(labelled_prompts), judge="digit-style",
+        images_per_prompt=2, steps=2, progress=False,
+    )  # fmt: skip
+    evaluate(config)
+    page = out / "report.html"
+    text = page.read_text()
+    for section in SECTIONS:
+        assert f"<h2>{section}</h2>" in text
+    seen = render_in_browser(page, tmp_path)
+    figures = {i["src"]: i for i in seen["images"]}
+    expected = {f"figures/{n}.png" for n in ("run-forget", "run-retain", "run-training", "ua_vs_utility")}
+    assert set(figures) == expected, seen
+    for image in figures.values():
+        assert image["loaded"] and image["natural"] > 0, image  # a broken link has naturalWidth 0
+        assert image["shown"] >= image["natural"], image  # drawn at full size, not shrunk
+    for part, columns in (("forget", 2), ("retain", 3)):  # one column per distinct prompt
+        grid = figures[f"figures/run-{part}.png"]
+        assert grid["natural"] == columns * 96 and grid["pixelated"] == "pixelated", grid
+    assert seen["headings"] == list(SECTIONS) and seen["tables"] == 2
+    assert "class=three" in seen["title"]
+
+
 def test_open_clip_judge_without_weights_says_which_file_is_needed(tiny_run, labelled_prompts, tmp_path, capsys):
     code = main(
         ["eval", str(tiny_run), "--output", str(tmp_path / "r"), "--prompts", str(labelled_prompts),

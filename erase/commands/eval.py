@@ -1,5 +1,6 @@
 """Evaluate erased models: draw the base and each erased model on the same seeds, judge the
-images with a classifier, and write metrics.json and report.md (tables, image grids, curves).
+images with a classifier, and write metrics.json, report.html and report.md (tables, image grids,
+curves).
 
     erase eval runs/three --output reports/three
     erase eval runs/three runs/three-weighted --output reports/compare     # one comparison table
@@ -39,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"{name}: {shown}")
     rate = f" ({result.images_per_second:.1f} images/s)" if result.images_per_second else ""
-    print(f"report → {result.output / 'report.md'}, numbers → {result.output / 'metrics.json'}{rate}")
+    print(f"report → {result.output / 'report.html'} (and report.md), numbers → {result.output / 'metrics.json'}{rate}")
     return 0
