@@ -36,9 +36,19 @@ class EvalConfig:
         default=None,
         metadata={"help": "classifier folder: a transformers image-classification model for --judge transformers"},
     )
-    clip_model: str = field(default="ViT-B-32", metadata={"help": "open_clip architecture for CLIP score/judging"})
+    clip_model: str = field(
+        default="auto",
+        metadata={
+            "help": "open_clip architecture of --clip-weights (auto: ViT-B-32; for the default model with no "
+            "--clip-weights, the shipped tiny CLIP trained on its drawings)"
+        },
+    )
     clip_weights: str | None = field(
-        default=None, metadata={"help": "local open_clip weights (.safetensors); enables CLIP score"}
+        default=None,
+        metadata={
+            "help": "local open_clip weights (.safetensors), or a folder in open_clip's local-dir layout "
+            "(open_clip_config.json + weights); enables CLIP score"
+        },
     )
     fid_features: Literal["judge", "inception"] = field(
         default="judge",
@@ -74,6 +84,9 @@ class EvalConfig:
         if self.erased is not None:
             self.erased_labels()
         resolve_device(self.device)
+
+    def clip_architecture(self) -> str:
+        return "ViT-B-32" if self.clip_model == "auto" else self.clip_model
 
     def erased_labels(self) -> dict[str, str]:
         """``--erased class=three,style=red`` → {"class": "three", "style": "red"}."""

@@ -155,13 +155,9 @@ def _evaluate(config: EvalConfig) -> Evaluation:
     for labels_of_run in erased.values():
         _check_erased(labels_of_run, labels, prompts)
 
-    clip = None  # one open_clip model serves both CLIP score and the open-clip judge
-    if config.clip_weights:
-        from eval.clip_encoder import load_clip_encoder
-
-        clip = load_clip_encoder(config.clip_model, config.clip_weights, config.allow_pickle)
+    clip = _clip_encoder(config, _is_default(base))  # one model serves CLIP score and the open-clip judge
     judge_name = config.judge if config.judge != "auto" else ("digit-style" if _is_default(base) else "open-clip")
-    judge = build_judge(judge_name, labels, classifier=config.classifier, clip=clip, clip_model=config.clip_model)
+    judge = build_judge(judge_name, labels, classifier=config.classifier, clip=clip)
     real = _real_images(config.real_images)
     if config.fid_features == "inception":
         from eval.inception import load_inception
@@ -209,7 +205,7 @@ def _evaluate(config: EvalConfig) -> Evaluation:
 
     # 3. Metrics per run (the base model is scored against each run's erased concept too).
     start = time.perf_counter()
-    result = {"settings": _settings(config, base, prompts, judge_name, features), "runs": {}}
+    result = {"settings": _settings(config, base, prompts, judge_name, features, clip), "runs": {}}
     base_images = models[0]
     images_cache: dict = {}  # shared by every run's context: the base model's images load once
     for run, model in zip(runs, models[1:], strict=True):
@@ -257,6 +253,19 @@ def _judge(judge, model: ModelImages, batch: int = 256) -> dict[str, list[str]]:
     return out
 
 
+def _clip_encoder(config: EvalConfig, default_base: bool):
+    """--clip-weights (a file for --clip-model, or an open_clip folder); for the default model
+    without it, the shipped tiny CLIP, which was trained on the default model's own drawings.
+    None: no CLIP score, and the open-clip judge will ask for weights."""
+    from eval.clip_encoder import TINY_CLIP_DIR, load_clip_encoder, load_clip_folder
+
+    if config.clip_weights:
+        return load_clip_encoder(config.clip_architecture(), config.clip_weights, config.allow_pickle)
+    if default_base and config.clip_model == "auto":
+        return load_clip_folder(TINY_CLIP_DIR)
+    return None
+
+
 def _real_images(folder: str | None) -> list[Path] | None:
     if folder is None:
         return None
@@ -269,13 +278,13 @@ def _real_images(folder: str | None) -> list[Path] | None:
     return files
 
 
-def _settings(config: EvalConfig, base: str, prompts: str, judge_name: str, features) -> dict:
+def _settings(config: EvalConfig, base: str, prompts: str, judge_name: str, features, clip) -> dict:
     return {
         "base": base,
         "prompts": prompts,
         "judge": judge_name,
         "fid_features": features.feature_name if features else None,
-        "clip_model": config.clip_model if config.clip_weights else None,
+        "clip_model": clip.architecture if clip else None,
         "images_per_prompt": config.images_per_prompt,
         "steps": config.steps,
         "guidance_scale": config.guidance_scale,

@@ -12,9 +12,10 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null
     exit 2
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-stamp=".venv/.setup-$(cat pyproject.toml constraints-cpu.txt | sha256sum | cut -c1-16)-${extras:-base}"
-if [ -f "$stamp" ]; then
-    exit 0
+hash="$(cat pyproject.toml constraints-cpu.txt | sha256sum | cut -c1-16)"
+stamp=".venv/.setup-$hash-${extras:-base}"
+if [ -f "$stamp" ] || { [ -z "$extras" ] && compgen -G ".venv/.setup-$hash-*" >/dev/null; }; then
+    exit 0  # done already (any extras include the toolkit itself)
 fi
 spec="."
 [ -n "$extras" ] && spec=".[$extras]"

@@ -116,7 +116,10 @@ def train(args: argparse.Namespace):
         loss.backward()
         optimizer.step()
         if not args.quiet and (step % 200 == 0 or step == args.steps - 1):
-            print(f"step {step + 1}/{args.steps}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)")
+            print(
+                f"step {step + 1}/{args.steps}: loss {loss.item():.4f} ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
     return model.eval(), time.perf_counter() - start
 
 
@@ -152,14 +155,16 @@ def generated_images(per_prompt: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--generated-per-prompt", type=int, default=5, help="images per prompt for the check")
     parser.add_argument("--output", type=Path, default=TINY_CLIP_DIR)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
+    import diffusers
 
+    diffusers.utils.logging.disable_progress_bar()  # the check's pipeline load would draw bars
     model, seconds = train(args)
     from safetensors.torch import save_file
 

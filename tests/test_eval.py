@@ -356,6 +356,63 @@ def test_open_clip_encoder_and_zero_shot_judge_load_local_weights(tiny_clip):
         load_clip_encoder("tiny-clip-test", str(pickle))
 
 
+def test_an_open_clip_folder_loads_with_its_own_zero_shot_templates(tiny_clip, tmp_path):
+    """open_clip's local-dir layout (config + weights in one folder), as the shipped tiny CLIP
+    is stored: the same encoder as architecture + file, and the judge uses the folder's
+    templates instead of CLIP's photo/painting ones."""
+    from eval.clip_encoder import load_clip_encoder, load_clip_folder
+    from eval.judges import build_judge
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    model_cfg = json.loads((tiny_clip / "tiny-clip-test.json").read_text())
+    templates = {"class": "a sketch of a {}", "style": "{} style"}
+    record = {
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {"size": 32},
+        "concept_erase": {"zero_shot_templates": templates},
+    }
+    (folder / "open_clip_config.json").write_text(json.dumps(record))
+    shutil.copy(tiny_clip / "weights.safetensors", folder / "open_clip_model.safetensors")
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    by_file = load_clip_encoder("tiny-clip-test", str(tiny_clip / "weights.safetensors"))
+    by_folder = load_clip_encoder("auto", str(folder))
+    assert torch.equal(by_folder.encode_image(images), by_file.encode_image(images))
+    assert torch.equal(by_folder.encode_text(["a cat"]), by_file.encode_text(["a cat"]))
+    assert by_folder.templates == templates and load_clip_folder(folder).architecture == "clip"
+    judge = build_judge("open-clip", {"class": ["cat", "dog"]}, clip=by_folder)
+    assert torch.equal(judge.text["class"], by_file.encode_text(["a sketch of a cat", "a sketch of a dog"]))
+    (folder / "open_clip_model.safetensors").rename(folder / "open_clip_pytorch_model.bin")
+    with pytest.raises(InputError, match="found none .pickled weights are read only with --allow-pickle"):
+        load_clip_folder(folder)
+    (folder / "open_clip_config.json").unlink()
+    with pytest.raises(InputError, match="has no readable open_clip_config.json"):
+        load_clip_folder(folder)
+
+
+def test_the_shipped_tiny_clip_knows_the_default_models_digits_and_styles():
+    """The shipped weights, read as eval reads them, on renderings held out from its training."""
+    from eval.clip_encoder import TINY_CLIP_DIR, load_clip_folder
+    from eval.judges import build_judge
+    from pipelines.default.render import DIGIT_WORDS, STYLES, held_out_mask, render_all
+
+    data = render_all()
+    held = data.subset(held_out_mask(data.source_index))
+    every = torch.arange(len(held.digits))[:: max(1, len(held.digits) // 400)]
+    images, digits, styles = held.images[every], held.digits[every], held.styles[every]
+    encoder = load_clip_folder(TINY_CLIP_DIR)
+    judge = build_judge("open-clip", {"class": list(DIGIT_WORDS), "style": list(STYLES)}, clip=encoder)
+    found = judge.predict(images)
+    digit_accuracy = sum(f == DIGIT_WORDS[d] for f, d in zip(found["class"], digits.tolist(), strict=True))
+    style_accuracy = sum(f == STYLES[s] for f, s in zip(found["style"], styles.tolist(), strict=True))
+    assert digit_accuracy / len(every) > 0.8 and style_accuracy / len(every) > 0.95  # 86.9% and 100% on all 1,440
+    right = [f"a {STYLES[s]} drawing of the digit {DIGIT_WORDS[d]}" for d, s in zip(digits, styles, strict=True)]
+    wrong = [
+        f"a {STYLES[s]} drawing of the digit {DIGIT_WORDS[(d + 1) % 10]}" for d, s in zip(digits, styles, strict=True)
+    ]
+    assert (clip_score(encoder, images, right) > clip_score(encoder, images, wrong)).float().mean() > 0.9
+
+
 @pytest.fixture(scope="module")
 def random_inception_weights(tmp_path_factory):
     """torch-fidelity's Inception-v3 with random weights, saved as safetensors (the real file is
