@@ -29,3 +29,14 @@ def test_quickstart_erases_three_and_writes_the_report(tmp_path):
     assert erased["CLIP_score"]["value"] > 0 and "tiny_clip" in erased["CLIP_score"]["definition"]
     page = (report / "report.html").read_text()
     assert "quickstart-three-forget.png" in page and (report / "figures" / "quickstart-three-forget.png").is_file()
+
+    # The open-clip judge with no flags: the shipped tiny CLIP, an independent second opinion.
+    run, second = tmp_path / "runs" / "quickstart-three", tmp_path / "reports" / "clip-judge"
+    command = [str(ROOT / ".venv" / "bin" / "erase"), "eval", str(run), "--output", str(second)]
+    command += ["--judge", "open-clip", "--images-per-prompt", "2", "--no-progress"]
+    judged = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert judged.returncode == 0, judged.stderr[-2000:]
+    scores = json.loads((second / "metrics.json").read_text())
+    assert scores["settings"]["judge"] == "open-clip" and scores["settings"]["clip_model"] == "tiny_clip"
+    erased = scores["runs"]["quickstart-three"]["erased_model"]
+    assert erased["UA"]["value"] >= 0.8 and erased["RA"]["value"] >= 0.85  # measured: 100% and 95.0% at 10 seeds
