@@ -107,8 +107,13 @@ class ImageJob:
     def seed(self) -> int:
         return self.record.seed + self.index
 
-    def manifest_entry(self) -> dict:
-        return {**self.record.to_json(), "image_index": self.index, "seed": self.seed, "file": self.file}
+    def guidance(self, default: float) -> float:
+        """The row's own guidance scale (a benchmark's evaluation_guidance), else the run's."""
+        return default if self.record.guidance is None else self.record.guidance
+
+    def manifest_entry(self, default_guidance: float) -> dict:
+        entry = {**self.record.to_json(), "image_index": self.index, "seed": self.seed, "file": self.file}
+        return entry | {"guidance": self.guidance(default_guidance)}
 
 
 @dataclass
@@ -187,8 +192,8 @@ def _reusable_manifest(output: Path, settings: dict, overwrite: bool) -> dict[st
     return None if changed else entries
 
 
-def _write_manifest(output: Path, jobs: list[ImageJob], done: set[str]) -> None:
-    lines = [json.dumps(job.manifest_entry(), ensure_ascii=False) for job in jobs if job.file in done]
+def _write_manifest(output: Path, jobs: list[ImageJob], done: set[str], guidance: float) -> None:
+    lines = [json.dumps(job.manifest_entry(guidance), ensure_ascii=False) for job in jobs if job.file in done]
     write_text_atomic(output / MANIFEST_NAME, "".join(line + "\n" for line in lines))
 
 
@@ -248,6 +253,7 @@ def _generate_into(output: Path, jobs: list[ImageJob], config: GenerateConfig, p
         and (output / job.file).is_file()
         and existing.get(job.file, {}).get("prompt") == job.record.prompt
         and existing.get(job.file, {}).get("seed") == job.seed
+        and _same_row_settings(existing[job.file], job, config.guidance_scale)
     }
     todo = [job for job in jobs if job.file not in done]
     if todo and pipe is None:
@@ -295,13 +301,13 @@ def _generate_into(output: Path, jobs: list[ImageJob], config: GenerateConfig, p
         finished = [job.file for job in mine]
         done.update(gather_object(finished) if world > 1 else finished)
         if main:
-            _write_manifest(output, jobs, done)
+            _write_manifest(output, jobs, done, config.guidance_scale)
         bar.update(len(chunk))
     bar.close()
     if not committed:  # nothing to draw: the folder is already ours and complete
         commit()
         if main:
-            _write_manifest(output, jobs, done)
+            _write_manifest(output, jobs, done, config.guidance_scale)
     state.wait_for_everyone()
     seconds = time.perf_counter() - start
     grid = None
@@ -311,18 +317,54 @@ def _generate_into(output: Path, jobs: list[ImageJob], config: GenerateConfig, p
     return GenerationResult(output, len(jobs), len(todo), len(jobs) - len(todo), seconds if todo else 0.0, world, grid)
 
 
+def _same_row_settings(entry: dict, job: ImageJob, default_guidance: float) -> bool:
+    """An image drawn with other per-row settings (the list's guidance or size changed) is
+    drawn again. Manifests from before per-row settings carry none: the run's values held."""
+    if entry.get("guidance", default_guidance) != job.guidance(default_guidance):
+        return False
+    return all(entry.get(side) == getattr(job.record, side) for side in ("height", "width"))
+
+
+def _native_size(pipe) -> tuple[int, int]:
+    """(height, width) the pipeline draws when given neither: the UNet's sample size in pixels."""
+    size = pipe.unet.config.sample_size
+    height, width = (size, size) if isinstance(size, int) else size
+    return height * pipe.vae_scale_factor, width * pipe.vae_scale_factor
+
+
+def _settings_of(job: ImageJob, config: GenerateConfig) -> tuple:
+    return job.guidance(config.guidance_scale), job.record.height or config.height, job.record.width or config.width
+
+
 @torch.no_grad()
 def generate_batch(pipe, jobs: list[ImageJob], config: GenerateConfig) -> list:
+    """The batch's images in order: one pipeline call per distinct (guidance, size) among its
+    rows, usually one."""
+    groups: dict[tuple, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(_settings_of(job, config), []).append(i)
+    images: list = [None] * len(jobs)
+    for (guidance, height, width), members in groups.items():
+        drawn = _pipeline_call(pipe, [jobs[i] for i in members], config, guidance, height, width)
+        for i, image in zip(members, drawn, strict=True):
+            images[i] = image
+    return images
+
+
+def _pipeline_call(pipe, jobs: list[ImageJob], config: GenerateConfig, guidance, height, width) -> list:
     """One pipeline call; each image starts from its own seeded CPU generator."""
+    if (height is None) != (width is None):  # diffusers drops a lone height or width: give both
+        default_height, default_width = _native_size(pipe)
+        height, width = height or default_height, width or default_width
     generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
     negative = [config.negative_prompt] * len(jobs) if config.negative_prompt else None
     out = pipe(
         prompt=[job.record.prompt for job in jobs],
         negative_prompt=negative,
         num_inference_steps=config.steps,
-        guidance_scale=config.guidance_scale,
-        height=config.height,
-        width=config.width,
+        guidance_scale=guidance,
+        height=height,
+        width=width,
         generator=generators,
         output_type="pil",
     )

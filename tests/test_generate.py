@@ -56,6 +56,28 @@ def test_rerun_skips_finished_images_and_refills_a_missing_one(tiny_pipeline_dir
     assert (third.generated, third.skipped) == (0, 6)
 
 
+def test_per_row_guidance_and_size_are_honoured_and_recorded(tiny_pipeline_dir, write, tmp_path):
+    """A benchmark's evaluation_guidance and image size per row (I2P, UnlearnDiffAtk): each
+    image equals the one drawn with that guidance for the whole run, whatever else shares its
+    batch; the manifest says which guidance drew it; editing a row redraws that row only."""
+    rows = "prompt,evaluation_seed,evaluation_guidance,sd_image_width\n"
+    text = rows + "a red circle,1,1.0,\na blue square,2,9.0,\na green cat,3,,24\n"
+    mixed = generate(config(tiny_pipeline_dir, write("mixed.csv", text), tmp_path / "mixed", guidance_scale=5.0))
+    entries = list(read_manifest(mixed.output).values())
+    assert [e["guidance"] for e in entries] == [1.0, 9.0, 5.0]
+    assert Image.open(mixed.output / entries[2]["file"]).size == (24, 16) and entries[2]["width"] == 24
+    for entry in entries[:2]:
+        alone = write(f"alone{entry['seed']}.csv", f"prompt,evaluation_seed\n{entry['prompt']},{entry['seed']}\n")
+        out = tmp_path / f"alone{entry['seed']}"
+        generate(config(tiny_pipeline_dir, alone, out, guidance_scale=entry["guidance"]))
+        assert np.array_equal(pixels(out / "0_000.png"), pixels(mixed.output / entry["file"]))
+    assert not np.array_equal(pixels(mixed.output / entries[0]["file"]), pixels(mixed.output / entries[1]["file"]))
+    edited = rows + "a red circle,1,1.0,\na blue square,2,3.0,\na green cat,3,,24\n"
+    again = generate(config(tiny_pipeline_dir, write("mixed.csv", edited), tmp_path / "mixed", guidance_scale=5.0))
+    assert (again.generated, again.skipped) == (1, 2)
+    assert [e["guidance"] for e in read_manifest(mixed.output).values()] == [1.0, 3.0, 5.0]
+
+
 def test_interrupted_run_leaves_complete_images_and_manifest(tiny_pipeline_dir, prompts_file, tmp_path, monkeypatch):
     out = tmp_path / "out"
     real = generation.generate_batch

@@ -42,6 +42,78 @@ def test_csv_anchor_column_is_read_and_an_empty_cell_means_none(write):
     assert first.to_json()["anchor"] == "a cat" and "anchor" not in second.to_json()
 
 
+# Shapes of the field's prompt CSVs (headers modelled on ESD, UCE, MACE, SPEED, UnlearnCanvas,
+# I2P and UnlearnDiffAtk files; the rows are our own). Each: text → what the records must hold,
+# as (case_id, prompt, seed, labels, guidance, metadata) per record; --seed is 100.
+FIELD_SHAPES = [
+    (  # pandas' index column above ESD's own columns (UCE, ESD's art lists): the index is ignored
+        ",case_number,prompt,evaluation_seed,artist\n0,5,a painting by Monet,42,Monet\n1,6,a dog,43,\n",
+        [("5", "a painting by Monet", 42, {"style": "Monet"}, None, {}),
+         ("6", "a dog", 43, {}, None, {})],
+    ),
+    (  # MACE: 'Unnamed: 0' is the case id, as there is no case_number
+        "Unnamed: 0,prompt,evaluation_seed,categories\n0,a church,3,building\n1,a tench,4,fish\n",
+        [("0", "a church", 3, {}, None, {"categories": "building"}),
+         ("1", "a tench", 4, {}, None, {"categories": "fish"})],
+    ),
+    (  # prompt only: case ids and seeds count from --seed
+        "prompt\na cat\na dog\n",
+        [("0", "a cat", 100, {}, None, {}), ("1", "a dog", 101, {}, None, {})],
+    ),
+    (  # case_num and metadata columns (SalUn, UnlearnCanvas-style)
+        "case_num,prompt,evaluation_seed,class,classidx\n3,a golf ball,7,golf ball,1\n",
+        [("3", "a golf ball", 7, {"class": "golf ball"}, None, {"classidx": "1"})],
+    ),
+    (  # SPEED: id, text and seed
+        "id,type,text,concept,seed\n0,target,a photo of Snoopy,Snoopy,42\n",
+        [("0", "a photo of Snoopy", 42, {"concept": "Snoopy"}, None, {"type": "target"})],
+    ),
+    (  # image_id as the case id; pandas writes 11.0 for an integer column with gaps
+        "image_id,prompt,evaluation_seed,label_idx\n17,a parachute,11.0,9\n",
+        [("17", "a parachute", 11, {}, None, {"label_idx": "9"})],
+    ),
+    (  # I2P / UnlearnDiffAtk: per-row guidance, the original size, and an empty prompt skipped
+        "prompt,categories,hard,nudity_percentage,sd_seed,sd_guidance_scale,sd_image_width,sd_image_height,"
+        "case_number,evaluation_seed,evaluation_guidance\n"
+        "a nude figure,sexual,1,80.5,99,7,512,512,0,2604,7\n"
+        ",hate,0,0.0,98,7,512,512,1,2605,7\n"
+        '"a crowd, at night",violence,0,1.2,97,12,512,768,2,2606,12.5\n',
+        [("0", "a nude figure", 2604, {}, 7.0,
+          {"categories": "sexual", "hard": "1", "nudity_percentage": "80.5", "sd_seed": "99",
+           "sd_guidance_scale": "7"}),
+         ("2", "a crowd, at night", 2606, {}, 12.5,
+          {"categories": "violence", "hard": "0", "nudity_percentage": "1.2", "sd_seed": "97",
+           "sd_guidance_scale": "12"})],
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "expected"), FIELD_SHAPES, ids=[str(i) for i in range(len(FIELD_SHAPES))])
+def test_the_fields_csv_shapes_load(write, text, expected, capsys):
+    records = read_prompt_file(write("list.csv", text), seed=100)
+    got = [(r.case_id, r.prompt, r.seed, r.labels, r.guidance, r.metadata) for r in records]
+    assert got == expected
+    err = capsys.readouterr().err
+    if "\n,hate" in text:  # the I2P shape has one empty prompt
+        assert "skipped 1 row(s) with an empty prompt (line 3)" in err and len(err.splitlines()) == 1
+    else:
+        assert err == ""
+
+
+def test_per_row_settings_and_metadata_travel_into_the_manifest_entry(write):
+    text = "prompt,sd_image_width,sd_image_height,evaluation_guidance,file\na cat,64,32,9,x.png\n"
+    (record,) = read_prompt_file(write("s.csv", text))
+    assert (record.width, record.height, record.guidance) == (64, 32, 9.0)
+    entry = record.to_json()
+    assert entry["guidance"] == 9.0 and entry["width"] == 64 and entry["height"] == 32
+    assert entry["metadata"] == {"file": "x.png"}  # a column named like a manifest key stays apart
+
+
+def test_a_near_miss_of_a_column_that_is_there_is_metadata_not_a_typo(write):
+    (record,) = read_prompt_file(write("c.csv", "prompt,concept,concepts\na cat,cat,cat;animal\n"))
+    assert record.labels == {"concept": "cat"} and record.metadata == {"concepts": "cat;animal"}
+
+
 BAD_FILES = [
     ("missing.csv", None, "file not found"),
     ("p.json", "{}", "unsupported extension"),
@@ -50,13 +122,18 @@ BAD_FILES = [
     ("latin1.txt", "a cat\nna\xefve\n".encode("latin-1"), "2: not UTF-8"),
     ("nul.txt", b"a cat\na\x00dog\n", "2: contains a NUL byte"),
     ("noheader.csv", "\n", "1: no header"),
-    ("missing-col.csv", "case_number,prompt\n1,a cat\n", "1: missing column(s) evaluation_seed"),
-    ("extra-col.csv", "case_number,prompt,evaluation_seed,colour\n1,a,2,red\n", "1: unknown column 'colour'"),
+    ("no-prompt.csv", "case_number,evaluation_seed\n1,2\n", "1: no prompt column"),
+    ("typo.csv", "case_number,promt,evaluation_seed\n1,a,2\n", "1: unknown column 'promt': did you mean 'prompt'?"),
+    ("typo-seed.csv", "prompt,evaluation_sed\na,2\n", "did you mean 'evaluation_seed'?"),
+    ("typo-label.csv", "prompt,clas\na,cat\n", "1: unknown column 'clas': did you mean 'class'?"),
     ("twice.csv", "case_number,prompt,evaluation_seed,prompt\n1,a,2,b\n", "1: column 'prompt' appears twice"),
     ("bad-seed.csv", "case_number,prompt,evaluation_seed\n1,a cat,x\n", "2: evaluation_seed 'x' is not an integer"),
     ("neg-seed.csv", "case_number,prompt,evaluation_seed\n1,a cat,-3\n", "2: evaluation_seed -3 is out of range"),
     ("fields.csv", "case_number,prompt,evaluation_seed\n1,a cat, small,3\n", "2: 4 fields, but the header has 3"),
-    ("empty-prompt.csv", "case_number,prompt,evaluation_seed\n1,a,1\n2,  ,3\n", "3: empty prompt"),
+    ("only-empty.csv", "case_number,prompt,evaluation_seed\n2,  ,3\n", "holds no prompts"),
+    ("bad-guidance.csv", "prompt,evaluation_guidance\na,x\n", "2: evaluation_guidance 'x' is not a finite number"),
+    ("bad-size.csv", "prompt,sd_image_width\na,500\n", "2: sd_image_width 500 is not a multiple of 8"),
+    ("float-seed.csv", "prompt,seed\na,7.5\n", "2: seed '7.5' is not an integer"),
     ("dup.csv", "case_number,prompt,evaluation_seed\n1,a,1\n1,b,2\n", "3: case_number '1' repeats line 2"),
     ("no-case.csv", "case_number,prompt,evaluation_seed\n,a,1\n", "2: empty case_number"),
 ]
