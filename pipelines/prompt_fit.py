@@ -28,18 +28,27 @@ def overlong(tokenizer, prompts: list[str]) -> list[tuple[str, int]]:
 
 
 def require_whole(tokenizer, prompts: list[str], role: str) -> None:
-    """Refuse a prompt that tokenises to nothing or past the encoder's limit."""
+    """Refuse prompts that tokenise to nothing or past the encoder's limit, naming every one of
+    them in one line (a list of eight over-long prompts should not take eight attempts)."""
     limit = room(tokenizer)
+    problems = []
     for prompt in dict.fromkeys(prompts):
         ids = _ids(tokenizer, prompt)
         if not ids:
             raise InputError(f"{role} {prompt!r} tokenises to nothing; write the concept in words")
         if len(ids) > limit:
             kept = tokenizer.decode(ids[limit - 6 : limit]).strip()
-            raise InputError(
-                f"{role} {prompt[:40]!r}… has {len(ids)} tokens but the text encoder reads {limit}, so it would "
-                f"be truncated after '…{kept}'; shorten it"
-            )
+            problems.append(f"{prompt[:40]!r}… ({len(ids)} tokens, cut after '…{kept}')")
+    if len(problems) == 1:
+        raise InputError(
+            f"{role} {problems[0]} is longer than the {limit} tokens the text encoder reads, so it would be "
+            "truncated; shorten it"
+        )
+    if problems:
+        raise InputError(
+            f"{len(problems)} {role}s are longer than the {limit} tokens the text encoder reads and would be "
+            f"truncated; shorten them: {'; '.join(problems)}"
+        )
 
 
 def truncation_warning(tokenizer, prompts: list[str]) -> str | None:

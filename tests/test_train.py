@@ -499,3 +499,15 @@ def test_memory_levers_change_memory_not_the_numbers(tiny_pipeline_dir, retain_f
         {k: v for k, v in json.loads(x).items() if k != "seconds"} for x in open(levers / "train_log.jsonl")
     ]
     assert not json.loads((levers / "unet" / "config.json").read_text()).get("gradient_checkpointing")
+
+
+def test_every_over_long_forget_prompt_is_named_in_one_line(tiny_pipeline_dir, retain_file, write, tmp_path, capsys):
+    long_a = " ".join(["a very detailed painting of a small red house"] * 10)
+    long_b = " ".join(["an oil study of a tall blue tower at dusk"] * 10)
+    forget = write("forget.txt", f"{long_a}\na red circle\n{long_b}\n")
+    argv = ["train", "--model", str(tiny_pipeline_dir), "--forget", str(forget), "--retain", str(retain_file)]
+    assert main([*argv, "--output", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 forget prompts are longer than the 75 tokens" in err[0], err
+    assert long_a[:40] in err[0] and long_b[:40] in err[0] and "'a red circle'" not in err[0]
+    assert not (tmp_path / "run").exists()
