@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipelines.generate import SEEDING_HELP
 from pipelines.loading import MODEL_CONFIG_HELP, resolve_device
 from prompts import InputError
 from prompts.checks import check_types
@@ -59,6 +60,7 @@ class EvalConfig:
     )
     real_images: str | None = field(default=None, metadata={"help": "folder of real images: adds FID vs real"})
     images_per_prompt: int = field(default=10, metadata={"help": "images per prompt and model"})
+    seeding: Literal["per-image", "esd"] = field(default="per-image", metadata={"help": SEEDING_HELP})
     steps: int = field(default=20, metadata={"help": "sampler steps"})
     guidance_scale: float = field(default=5.0, metadata={"help": "classifier-free guidance scale"})
     batch_size: int = field(default=40, metadata={"help": "images per pipeline call"})

@@ -40,7 +40,25 @@ SETTINGS_NAME = "generation.json"
 # Settings that change the pixels: a folder made with other values is not resumed.
 MAX_IMAGES = 1_000_000  # per folder: the manifest is held in memory
 MAX_GRID_IMAGES = 1024  # beyond this a grid is unreadable and its canvas huge
-_IMAGE_SETTINGS = ("model", "model_config", "steps", "guidance_scale", "height", "width", "dtype", "negative_prompt")
+_IMAGE_SETTINGS = (
+    "model",
+    "model_config",
+    "steps",
+    "guidance_scale",
+    "height",
+    "width",
+    "dtype",
+    "negative_prompt",
+    "seeding",
+)
+
+
+SEEDING_HELP = (
+    "per-image (default): image k of a row starts from its own generator seeded seed + k, so any image can be "
+    "redrawn alone, in any batch, process or resumed run; esd: the k images of a row come from one generator "
+    "seeded with the row's seed (one randn of k latents), as ESD's and UCE's scripts draw them, so images "
+    "match theirs seed for seed"
+)
 
 
 @dataclass
@@ -53,7 +71,11 @@ class GenerateConfig:
         default="default",
         metadata={"help": "`default`, a diffusers folder, a .safetensors file or a cached hub id"},
     )
-    images_per_prompt: int = field(default=1, metadata={"help": "images per record; image k uses seed + k"})
+    images_per_prompt: int = field(default=1, metadata={"help": "images per record (see --seeding)"})
+    seeding: Literal["per-image", "esd"] = field(
+        default="per-image",
+        metadata={"help": SEEDING_HELP},
+    )
     steps: int = field(default=20, metadata={"help": "sampler steps"})
     guidance_scale: float = field(default=5.0, metadata={"help": "classifier-free guidance scale"})
     batch_size: int = field(default=16, metadata={"help": "images per pipeline call"})
@@ -102,10 +124,13 @@ class ImageJob:
     record: PromptRecord
     index: int  # k-th image of the record
     file: str  # relative to the output folder
+    of: int = 1  # images of the record (esd seeding draws them as one batch of latents)
+    seeding: str = "per-image"
 
     @property
     def seed(self) -> int:
-        return self.record.seed + self.index
+        """The seed recorded for this image: its own (per-image), or its row's (esd)."""
+        return self.record.seed if self.seeding == "esd" else self.record.seed + self.index
 
     def guidance(self, default: float) -> float:
         """The row's own guidance scale (a benchmark's evaluation_guidance), else the run's."""
@@ -137,14 +162,16 @@ def safe_name(text: str, limit: int = 60) -> str:
     return stem or "case"
 
 
-def plan_jobs(records: list[PromptRecord], images_per_prompt: int) -> list[ImageJob]:
+def plan_jobs(records: list[PromptRecord], images_per_prompt: int, seeding: str = "per-image") -> list[ImageJob]:
     jobs, used = [], set()
     for record in records:
         stem = safe_name(record.case_id)
         if stem in used:  # two case ids that sanitise alike stay apart
             stem = f"{stem}-{len(used)}"
         used.add(stem)
-        jobs.extend(ImageJob(record, k, f"{stem}_{k:03d}.png") for k in range(images_per_prompt))
+        jobs.extend(
+            ImageJob(record, k, f"{stem}_{k:03d}.png", images_per_prompt, seeding) for k in range(images_per_prompt)
+        )
     return jobs
 
 
@@ -229,7 +256,7 @@ def generate(config: GenerateConfig, pipe=None, *, lock: bool = True, before_wri
     _check_grid(config, len(records) * config.images_per_prompt)
     output = Path(config.output)
     check_outside(output, {"--prompts": config.prompts, "--model": config.model, "--model-config": config.model_config})
-    jobs = plan_jobs(records, config.images_per_prompt)
+    jobs = plan_jobs(records, config.images_per_prompt, config.seeding)
     with output_lock(output, enabled=lock and process_state().is_main_process):  # also refuses a file
         return _generate_into(output, jobs, config, pipe, before_write)
 
@@ -356,7 +383,8 @@ def _pipeline_call(pipe, jobs: list[ImageJob], config: GenerateConfig, guidance,
     if (height is None) != (width is None):  # diffusers drops a lone height or width: give both
         default_height, default_width = _native_size(pipe)
         height, width = height or default_height, width or default_width
-    generators = [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
+    generators = [torch.Generator("cpu").manual_seed(job.record.seed + job.index) for job in jobs]
+    latents = _esd_latents(pipe, jobs, height, width) if config.seeding == "esd" else None
     negative = [config.negative_prompt] * len(jobs) if config.negative_prompt else None
     out = pipe(
         prompt=[job.record.prompt for job in jobs],
@@ -366,6 +394,24 @@ def _pipeline_call(pipe, jobs: list[ImageJob], config: GenerateConfig, guidance,
         height=height,
         width=width,
         generator=generators,
+        latents=latents,
         output_type="pil",
     )
     return out.images
+
+
+def _esd_latents(pipe, jobs: list[ImageJob], height: int | None, width: int | None) -> torch.Tensor:
+    """Each job's starting noise as ESD's generate-images.py draws it: one CPU generator seeded
+    with the row's seed, one randn of (k, C, h, w) for the row's k images; this job takes its
+    slice. The pipeline scales it by the scheduler's initial sigma, as ESD's script does."""
+    native = _native_size(pipe)
+    h, w = (height or native[0]) // pipe.vae_scale_factor, (width or native[1]) // pipe.vae_scale_factor
+    rows: dict[tuple[int, int], torch.Tensor] = {}
+    out = []
+    for job in jobs:
+        key = (job.record.seed, job.of)
+        if key not in rows:
+            generator = torch.Generator("cpu").manual_seed(job.record.seed)
+            rows[key] = torch.randn((job.of, pipe.unet.config.in_channels, h, w), generator=generator)
+        out.append(rows[key][job.index])
+    return torch.stack(out).to(pipe.unet.device, pipe.unet.dtype)

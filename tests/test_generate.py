@@ -78,6 +78,34 @@ def test_per_row_guidance_and_size_are_honoured_and_recorded(tiny_pipeline_dir, 
     assert [e["guidance"] for e in read_manifest(mixed.output).values()] == [1.0, 3.0, 5.0]
 
 
+def test_esd_seeding_draws_a_rows_images_as_esds_script_does(tiny_pipeline_dir, write, tmp_path):
+    """ESD's generate-images.py: torch.manual_seed(row seed), one randn of (k, C, h/8, w/8),
+    every image of the row in one call. Redone here by hand on the pipeline, then compared with
+    `--seeding esd` drawn in batches of 2 (so a row's images land in different calls)."""
+    import torch
+
+    from pipelines.loading import load_pipeline
+
+    prompts = write("esd.csv", "case_number,prompt,evaluation_seed\n0,a red circle,7\n1,a green cat,8\n")
+    ours = generate(config(tiny_pipeline_dir, prompts, tmp_path / "esd", images_per_prompt=3, seeding="esd",
+                           batch_size=2))  # fmt: skip
+    entries = list(read_manifest(ours.output).values())
+    assert [(e["seed"], e["image_index"]) for e in entries] == [(7, 0), (7, 1), (7, 2), (8, 0), (8, 1), (8, 2)]
+    pipe = load_pipeline(str(tiny_pipeline_dir), device="cpu")
+    size = pipe.unet.config.sample_size
+    for seed, prompt, case in ((7, "a red circle", "0"), (8, "a green cat", "1")):
+        torch.manual_seed(seed)  # the global generator, as ESD's script seeds it
+        latents = torch.randn((3, pipe.unet.config.in_channels, size, size))
+        images = pipe([prompt] * 3, num_inference_steps=2, guidance_scale=5.0, latents=latents).images
+        for k, image in enumerate(images):
+            assert np.array_equal(np.asarray(image), pixels(ours.output / f"{case}_{k:03d}.png")), (case, k)
+    per_image = generate(config(tiny_pipeline_dir, prompts, tmp_path / "per", images_per_prompt=3))
+    assert np.array_equal(pixels(per_image.output / "0_000.png"), pixels(ours.output / "0_000.png"))  # DDIM
+    assert not np.array_equal(pixels(per_image.output / "0_001.png"), pixels(ours.output / "0_001.png"))
+    with pytest.raises(InputError, match="seeding='esd'"):  # a folder of the other seeding is not mixed
+        generate(config(tiny_pipeline_dir, prompts, tmp_path / "esd", images_per_prompt=3))
+
+
 def test_interrupted_run_leaves_complete_images_and_manifest(tiny_pipeline_dir, prompts_file, tmp_path, monkeypatch):
     out = tmp_path / "out"
     real = generation.generate_batch
