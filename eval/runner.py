@@ -19,7 +19,7 @@ from eval.images import load_images
 from eval.judges import build_judge
 from eval.metrics import METRICS, EvalContext, ModelImages, rows_showing
 from pipelines.generate import GenerateConfig, check_image_count, generate, read_manifest, safe_name
-from pipelines.loading import DEFAULT_MODEL_DIR, check_model
+from pipelines.loading import DEFAULT_MODEL_DIR, check_model, load_pipeline
 from pipelines.lock import output_lock
 from pipelines.ownership import OwnedFolder, check_outside
 from pipelines.processes import process_state
@@ -166,6 +166,8 @@ def _evaluate(config: EvalConfig) -> Evaluation:
     else:
         features = judge if judge.feature_name else None
 
+    _check_runs_load(runs, config)
+
     # 1. Images, the same seeds for every model.
     models, generated, seconds = [], 0, 0.0
     for name, spec, is_base in [("base", base, True)] + [(r.name, r.model, False) for r in runs]:
@@ -252,6 +254,29 @@ def _judge(judge, model: ModelImages, batch: int = 256) -> dict[str, list[str]]:
         for axis, names in judge.predict(images).items():
             out[axis] += names
     return out
+
+
+def _check_runs_load(runs: list[RunInfo], config: EvalConfig) -> None:
+    """Load every evaluated model once before anything is drawn: the base model's images would
+    otherwise be written (minutes on a real model) before a damaged or unfinished run is found.
+    Costs one extra load per run, on the CPU, released at once."""
+    import gc
+
+    for run in runs:
+        if (Path(run.model) / "train_config.json").is_file() and not (Path(run.model) / "model_index.json").is_file():
+            raise InputError(
+                f"{run.model} is an unfinished run (no model_index.json: it stopped before saving its model); "
+                f"finish it with `erase train ... --output {run.model} --resume`, or evaluate another"
+            )
+        try:
+            pipe = load_pipeline(run.model, device="cpu", config=config.model_config, allow_pickle=config.allow_pickle)
+        except InputError:
+            raise
+        except Exception as err:  # a damaged weights file, a component that does not fit
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise InputError(f"cannot load {run.model} ({first}); nothing was drawn") from None
+        del pipe
+        gc.collect()
 
 
 def _clip_encoder(config: EvalConfig, default_base: bool):

@@ -496,3 +496,29 @@ def test_eval_of_several_runs_scores_each_against_one_set_of_base_images(
         assert np.array_equal(a, b) == (name == "untouched")
     report = (out / "report.md").read_text()
     assert "untouched" in report and "figures/run-forget.png" in report and "figures/untouched-forget.png" in report
+
+
+@pytest.mark.parametrize("damage", ["unfinished", "truncated-weights", "unet-only-file"])
+def test_a_model_that_cannot_load_is_refused_before_any_image_is_drawn(
+    tiny_run, labelled_prompts, tmp_path, damage, capsys
+):
+    """The base loads and draws fine; the run cannot load. Nothing may be written: the check
+    comes before the base model's images, not after them."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run, broken)
+    weights = broken / "unet" / "diffusion_pytorch_model.safetensors"
+    if damage == "unfinished":  # killed before its pipeline was saved
+        (broken / "model_index.json").unlink()
+    elif damage == "truncated-weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:  # a UNet-only state dict given as a model (the field's usual release format)
+        broken = tmp_path / "unet.safetensors"
+        shutil.copy(weights, broken)
+    out = tmp_path / "report"
+    argv = ["eval", str(broken), "--output", str(out), "--prompts", str(labelled_prompts), "--judge", "digit-style"]
+    if damage == "unet-only-file":
+        argv += ["--base", str(json.loads((tiny_run / "train_config.json").read_text())["base_model"])]
+    code = main([*argv, "--images-per-prompt", "1", "--steps", "2", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(broken) in err[0], err
+    assert not out.exists()
