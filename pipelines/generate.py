@@ -96,6 +96,13 @@ class GenerateConfig:
         default=False,
         metadata={"help": "start afresh if the folder holds images of other settings (deletes only erase's own files)"},
     )
+    safety_checker: bool = field(
+        default=False,
+        metadata={
+            "help": "run the safety checker a pipeline folder carries (SD 1.4-derived models): flagged images come "
+            "out black. Off by default, and said so: an erasure is measured on what the model draws"
+        },
+    )
     grid: bool = field(default=False, metadata={"help": "also write grid.png, every image in manifest order"})
     grid_columns: int | None = field(default=None, metadata={"help": "images per grid row (default: about √n)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
@@ -296,6 +303,14 @@ def _generate_into(output: Path, jobs: list[ImageJob], config: GenerateConfig, p
         check_sampler_steps(pipe, config.steps)
         if main and (warning := truncation_warning(pipe.tokenizer, [j.record.prompt for j in todo])):
             print(warning, file=sys.stderr)
+        if getattr(pipe, "safety_checker", None) is not None and not config.safety_checker:
+            pipe.safety_checker = None  # it would black out flagged images: the model's output is what we measure
+            if main:
+                print(
+                    f"note: {config.model} carries a safety checker; it is off for these images "
+                    "(flagged images would come out black); --safety-checker keeps it",
+                    file=sys.stderr,
+                )
 
     def commit() -> None:
         """The first change: everything above has been checked and the first batch drawn."""
@@ -315,6 +330,7 @@ def _generate_into(output: Path, jobs: list[ImageJob], config: GenerateConfig, p
     bar = progress(len(todo), "generate", unit="img", enabled=bool(config.progress and main and todo))
     per_round = config.batch_size * world
     committed = False
+    black: list[str] = []  # this process's images with no pixel above near-black
     for first in range(0, len(todo), per_round):
         chunk = todo[first : first + per_round]
         mine = chunk[rank::world]
@@ -325,12 +341,19 @@ def _generate_into(output: Path, jobs: list[ImageJob], config: GenerateConfig, p
         for job, image in zip(mine, images, strict=True):
             with atomic_path(output / job.file) as tmp:
                 image.save(tmp, format="PNG")
+        black += [job.file for job, image in zip(mine, images, strict=True) if _all_black(image)]
         finished = [job.file for job in mine]
         done.update(gather_object(finished) if world > 1 else finished)
         if main:
             _write_manifest(output, jobs, done, config.guidance_scale)
         bar.update(len(chunk))
     bar.close()
+    if black:
+        print(
+            f"warning: {len(black)} of the {len(todo)} images drawn are entirely black (the first: {black[0]}); "
+            "a safety checker, or a model that has collapsed? Scores computed on them mean little",
+            file=sys.stderr,
+        )
     if not committed:  # nothing to draw: the folder is already ours and complete
         commit()
         if main:
@@ -342,6 +365,11 @@ def _generate_into(output: Path, jobs: list[ImageJob], config: GenerateConfig, p
         paths = [output / job.file for job in jobs]
         grid = save_grid(paths, output / "grid.png", columns=config.grid_columns, min_cell=64)
     return GenerationResult(output, len(jobs), len(todo), len(jobs) - len(todo), seconds if todo else 0.0, world, grid)
+
+
+def _all_black(image) -> bool:
+    """No channel of any pixel above 2/255: what a safety checker leaves of a flagged image."""
+    return all(high <= 2 for _, high in image.convert("RGB").getextrema())
 
 
 def _same_row_settings(entry: dict, job: ImageJob, default_guidance: float) -> bool:

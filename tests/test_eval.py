@@ -522,3 +522,27 @@ def test_a_model_that_cannot_load_is_refused_before_any_image_is_drawn(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and str(broken) in err[0], err
     assert not out.exists()
+
+
+def test_eval_switches_a_bundled_safety_checker_off_and_says_so(tokenizer, labelled_prompts, tmp_path, capsys):
+    """A folder whose safety checker flags everything: plain diffusers returns black images, and
+    UA/RA on them would be noise. Evaluation draws the model's real images and says once per
+    model that the checker is off; `erase generate --safety-checker` keeps it, and then warns
+    that the images are black."""
+    from tiny_models import save_sd1_with_safety_checker
+
+    model = tmp_path / "with-checker"
+    save_sd1_with_safety_checker(model, tokenizer)
+    out = tmp_path / "report"
+    argv = ["eval", str(model), "--base", str(model), "--erased", "class=three", "--prompts", str(labelled_prompts)]
+    assert main([*argv, "--output", str(out), "--judge", "digit-style", "--images-per-prompt", "1", "--steps", "2",
+                 "--no-progress"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("carries a safety checker; it is off") == 2 and "entirely black" not in err, err
+    for image in (out / "images" / "base").glob("*.png"):
+        assert max(high for _, high in Image.open(image).getextrema()) > 2
+    kept = tmp_path / "kept"
+    argv = ["generate", "--model", str(model), "--prompts", str(labelled_prompts), "--output", str(kept)]
+    assert main([*argv, "--steps", "2", "--safety-checker", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 5 of the 5 images drawn are entirely black" in err and "it is off" not in err

@@ -178,6 +178,26 @@ def save_sd1(folder, tokenizer) -> None:
     StableDiffusionPipeline(**sd1_components(tokenizer)).save_pretrained(folder, safe_serialization=True)
 
 
+def save_sd1_with_safety_checker(folder, tokenizer) -> None:
+    """As SD 1.4-derived releases ship (MACE's, for one): a safety checker and its image
+    processor in the folder. This tiny checker flags every image (its concept thresholds are
+    below any cosine), so whatever it is allowed to check comes out black."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    small = dict(hidden_size=16, intermediate_size=16, num_attention_heads=2, num_hidden_layers=1)
+    torch.manual_seed(3)
+    config = CLIPConfig(text_config=small, vision_config=small | dict(image_size=32, patch_size=16), projection_dim=16)
+    checker = StableDiffusionSafetyChecker(config).eval()
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(-2.0)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    components = sd1_components(tokenizer) | dict(
+        safety_checker=checker, feature_extractor=processor, requires_safety_checker=True
+    )
+    StableDiffusionPipeline(**components).save_pretrained(folder, safe_serialization=True)
+
+
 def save_sd2(folder, tokenizer_bang) -> None:
     StableDiffusionPipeline(**sd2_components(tokenizer_bang)).save_pretrained(folder, safe_serialization=True)
 
