@@ -25,9 +25,10 @@ from erase.checkpoint import CHECKPOINTS
 from erase.params import changed_tensors, tensors_fingerprint
 from pipelines.families import family_of, family_of_folder
 from pipelines.files import atomic_path
-from pipelines.loading import load_pipeline
+from pipelines.loading import PICKLE_SUFFIXES, load_pipeline
 from pipelines.lock import output_lock
 from pipelines.ownership import OwnedFolder, check_outside, is_within, pipeline_entries
+from pipelines.partial_weights import is_whole_model, read_state_dict, recognise
 from pipelines.single_file import save_single_file
 from prompts import InputError
 
@@ -182,6 +183,8 @@ def apply_delta(
     delta, output = Path(delta), Path(output)
     if delta.is_file() and _file_tag(delta) == lora.LORA_FORMAT:
         return _apply_lora(delta, base, output, fmt, overwrite, force, model_config, allow_pickle)
+    if is_other_tools_file(delta):
+        return apply_partial(delta, base, output, fmt, overwrite, model_config, allow_pickle)[0]
     metadata, tensors = read_delta(delta)
     check_outside(output, {"delta": delta, "--base": base, "--model-config": model_config})
     if fmt == "single-file":
@@ -208,6 +211,38 @@ def apply_delta(
         )
     pipe.unet.load_state_dict(tensors, strict=False)
     return _save_applied(pipe, output, fmt, overwrite, metadata)
+
+
+def is_other_tools_file(path: Path) -> bool:
+    """A weights file with none of our tags: another tool's state dict (a pickle, or safetensors
+    with no format tag of ours). Our own files keep their stricter checks."""
+    if not path.is_file():
+        return False
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return True
+    tag = _file_tag(path)
+    return tag is None or tag not in OUR_FILE_TAGS and tag in ("pt", "")
+
+
+def apply_partial(
+    path: Path, base: str, output: Path, fmt: str, overwrite: bool, model_config, allow_pickle: bool
+) -> tuple[Path, str]:
+    """Another tool's UNet-only/partial state dict or text encoder onto ``base``: every tensor
+    must fit by name and shape (pipelines/partial_weights.py). No base is recorded in such files,
+    so none can be checked; the line returned says what was recognised."""
+    check_outside(output, {"weights": path, "--base": base, "--model-config": model_config})
+    if fmt == "single-file":
+        _check_file_target(output, overwrite)
+    state = read_state_dict(path, allow_pickle)
+    if is_whole_model(state):
+        raise InputError(
+            f"{path} is a whole checkpoint (it has a VAE), not weights to put on a base; use it as --model"
+        )
+    pipe = load_pipeline(base, device="cpu", config=model_config, allow_pickle=allow_pickle)
+    weights = recognise(state, pipe, str(path))
+    weights.apply(pipe)
+    metadata = {"base_model": str(base), "applied_from": path.name, "recognised": " + ".join(weights.layouts)}
+    return _save_applied(pipe, output, fmt, overwrite, metadata), weights.describe()
 
 
 def _save_applied(pipe, output: Path, fmt: str, overwrite: bool, metadata: dict) -> Path:

@@ -8,6 +8,7 @@ Flow: run folders → (base model, erased concept, prompt list) → images per m
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,10 @@ from eval.images import load_images
 from eval.judges import build_judge
 from eval.metrics import METRICS, EvalContext, ModelImages, rows_showing
 from pipelines.generate import GenerateConfig, check_image_count, generate, read_manifest, safe_name
-from pipelines.loading import DEFAULT_MODEL_DIR, check_model, load_pipeline
+from pipelines.loading import DEFAULT_MODEL_DIR, check_model, load_pipeline, single_file_keys
 from pipelines.lock import output_lock
 from pipelines.ownership import OwnedFolder, check_outside
+from pipelines.partial_weights import is_whole_model
 from pipelines.processes import process_state
 from pipelines.progress import track
 from prompts import InputError, load_prompts
@@ -39,6 +41,7 @@ class RunInfo:
     forget_prompts: list[str]
     log: Path | None
     base_config: str | None = None  # the --model-config the run's single-file base was loaded with
+    on_base: bool = False  # another tool's partial weights (a UNet-only state dict...), put onto --base
 
 
 def read_run(spec: str, allow_pickle: bool = False, model_config: str | None = None) -> RunInfo:
@@ -63,6 +66,8 @@ def read_run(spec: str, allow_pickle: bool = False, model_config: str | None = N
             log if log.is_file() else None,
             config.get("base_model_config"),
         )
+    if path.is_file() and not is_whole_model(single_file_keys(path, allow_pickle)):
+        return RunInfo(name, spec, None, [], None, on_base=True)  # ESD's, UCE's... released weights
     check_model(spec, model_config, allow_pickle)
     return RunInfo(name, spec, None, [], None)
 
@@ -166,12 +171,15 @@ def _evaluate(config: EvalConfig) -> Evaluation:
     else:
         features = judge if judge.feature_name else None
 
-    _check_runs_load(runs, config)
+    _check_runs_load(runs, config, base, base_config)
 
     # 1. Images, the same seeds for every model.
     models, generated, seconds = [], 0, 0.0
-    for name, spec, is_base in [("base", base, True)] + [(r.name, r.model, False) for r in runs]:
+    for name, spec, is_base, run in [("base", base, True, None)] + [(r.name, r.model, False, r) for r in runs]:
         folder = output / "images" / name
+        pipe = None
+        if run is not None and run.on_base:
+            pipe, _ = _with_partial_weights(run, base, base_config, config, config.device, config.dtype)
         result = generate(
             GenerateConfig(
                 prompts=prompts,
@@ -189,9 +197,11 @@ def _evaluate(config: EvalConfig) -> Evaluation:
                 overwrite=config.overwrite,
                 progress=config.progress,
             ),
+            pipe=pipe,
             lock=False,  # this command holds the report folder's lock
             before_write=lambda: report.claim(REPORT_NAMES),
         )
+        del pipe
         generated, seconds = generated + result.generated, seconds + result.seconds
         models.append(ModelImages(name, folder, list(read_manifest(folder).values()), is_base=is_base))
 
@@ -256,13 +266,30 @@ def _judge(judge, model: ModelImages, batch: int = 256) -> dict[str, list[str]]:
     return out
 
 
-def _check_runs_load(runs: list[RunInfo], config: EvalConfig) -> None:
+def _with_partial_weights(run: RunInfo, base: str, base_config, config: EvalConfig, device: str, dtype: str):
+    """The base pipeline with another tool's partial weights put on it, in memory."""
+    from pipelines.partial_weights import load_partial
+
+    pipe = load_pipeline(base, dtype=dtype, device=device, config=base_config, allow_pickle=config.allow_pickle)
+    weights = load_partial(run.model, pipe, config.allow_pickle)
+    weights.apply(pipe)
+    return pipe, weights
+
+
+def _check_runs_load(runs: list[RunInfo], config: EvalConfig, base: str, base_config) -> None:
     """Load every evaluated model once before anything is drawn: the base model's images would
     otherwise be written (minutes on a real model) before a damaged or unfinished run is found.
-    Costs one extra load per run, on the CPU, released at once."""
+    Costs one extra load per run, on the CPU, released at once. Another tool's partial weights
+    are checked against the base tensor by tensor, and what was recognised is said."""
     import gc
 
     for run in runs:
+        if run.on_base:
+            _, weights = _with_partial_weights(run, base, base_config, config, "cpu", "float32")
+            if process_state().is_main_process:
+                print(f"note: {weights.describe()}, on base {base}", file=sys.stderr)
+            gc.collect()
+            continue
         if (Path(run.model) / "train_config.json").is_file() and not (Path(run.model) / "model_index.json").is_file():
             raise InputError(
                 f"{run.model} is an unfinished run (no model_index.json: it stopped before saving its model); "

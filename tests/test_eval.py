@@ -498,7 +498,7 @@ def test_eval_of_several_runs_scores_each_against_one_set_of_base_images(
     assert "untouched" in report and "figures/run-forget.png" in report and "figures/untouched-forget.png" in report
 
 
-@pytest.mark.parametrize("damage", ["unfinished", "truncated-weights", "unet-only-file"])
+@pytest.mark.parametrize("damage", ["unfinished", "truncated-weights", "unet-file-of-another-shape"])
 def test_a_model_that_cannot_load_is_refused_before_any_image_is_drawn(
     tiny_run, labelled_prompts, tmp_path, damage, capsys
 ):
@@ -511,13 +511,22 @@ def test_a_model_that_cannot_load_is_refused_before_any_image_is_drawn(
         (broken / "model_index.json").unlink()
     elif damage == "truncated-weights":
         weights.write_bytes(weights.read_bytes()[:1000])
-    else:  # a UNet-only state dict given as a model (the field's usual release format)
+    else:  # a UNet-only state dict (the field's usual release format) that does not fit the base
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(weights))
+        state[next(iter(state))] = torch.zeros(3, 3)
         broken = tmp_path / "unet.safetensors"
-        shutil.copy(weights, broken)
+        save_file(state, str(broken))
     out = tmp_path / "report"
     argv = ["eval", str(broken), "--output", str(out), "--prompts", str(labelled_prompts), "--judge", "digit-style"]
-    if damage == "unet-only-file":
-        argv += ["--base", str(json.loads((tiny_run / "train_config.json").read_text())["base_model"])]
+    if damage == "unet-file-of-another-shape":
+        argv += [
+            "--erased",
+            "class=three",
+            "--base",
+            str(json.loads((tiny_run / "train_config.json").read_text())["base_model"]),
+        ]
     code = main([*argv, "--images-per-prompt", "1", "--steps", "2", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and str(broken) in err[0], err
