@@ -88,11 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         # A shell starts background jobs with SIGINT ignored, and Python then never raises
         # KeyboardInterrupt: `kill -INT` would be swallowed and the command run to its end.
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    code = 1
     try:
         parser = build_parser(_chosen_command(argv))
         args = parser.parse_args(argv)
         _quiet_libraries()
-        return _run(args)
+        code = _run(args)
+        return code
     except KeyboardInterrupt:  # at any moment, start-up and imports included
         command = getattr(args, "command", None) or _chosen_command(argv)
         hint = getattr(args, "_resume_argv", None)
@@ -100,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"erase{' ' + command if command else ''}: interrupted; to continue, run: {again}", file=sys.stderr)
         return 130
     finally:
-        if "torch.distributed" in sys.modules:  # only a command that started processes has a group
+        # Only after success: a process that failed must not leave a collective the others are
+        # still waiting in (they would hang); the launcher ends them when it sees the failure.
+        if code == 0 and "torch.distributed" in sys.modules:
             from pipelines.processes import close_process_group
 
             close_process_group()

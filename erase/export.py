@@ -220,8 +220,7 @@ def is_other_tools_file(path: Path) -> bool:
         return False
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return True
-    tag = _file_tag(path)
-    return tag is None or tag not in OUR_FILE_TAGS and tag in ("pt", "")
+    return _file_tag(path) in (None, "", "pt")  # no tag, or torch's own (safetensors.torch writes "pt")
 
 
 def apply_partial(

@@ -103,8 +103,12 @@ def load_clip_folder(folder: str | Path, allow_pickle: bool = False) -> ClipEnco
             + ("" if weights or allow_pickle else " (pickled weights are read only with --allow-pickle)")
         )
     name = f"local-dir:{folder}"
-    with _quiet():
-        model = open_clip.create_model(name, load_weights=False)
+    try:
+        with _quiet():
+            model = open_clip.create_model(name, load_weights=False)
+    except Exception as err:  # noqa: BLE001 - open_clip raises many types for a config it cannot build
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise InputError(f"open_clip cannot build the model {folder / CONFIG_NAME} describes ({first})") from None
     _load_weights(model, weights[0], allow_pickle, f"the model in {folder / CONFIG_NAME}")
     templates = (record.get("concept_erase") or {}).get("zero_shot_templates")
     return _encoder(model, open_clip.get_tokenizer(name), folder.name, record.get("preprocess_cfg") or {}, templates)

@@ -179,7 +179,9 @@ def _evaluate(config: EvalConfig) -> Evaluation:
         folder = output / "images" / name
         pipe = None
         if run is not None and run.on_base:
-            pipe, _ = _with_partial_weights(run, base, base_config, config, config.device, config.dtype)
+            pipe, weights = _with_partial_weights(run, base, base_config, config, config.device, config.dtype)
+            del weights  # applied: the pipeline holds the values now
+            spec = f"{spec} on {base}"  # the images depend on both: another base is not resumed
         result = generate(
             GenerateConfig(
                 prompts=prompts,
@@ -285,9 +287,10 @@ def _check_runs_load(runs: list[RunInfo], config: EvalConfig, base: str, base_co
 
     for run in runs:
         if run.on_base:
-            _, weights = _with_partial_weights(run, base, base_config, config, "cpu", "float32")
+            pipe, weights = _with_partial_weights(run, base, base_config, config, "cpu", "float32")
             if process_state().is_main_process:
                 print(f"note: {weights.describe()}, on base {base}", file=sys.stderr)
+            del pipe, weights
             gc.collect()
             continue
         if (Path(run.model) / "train_config.json").is_file() and not (Path(run.model) / "model_index.json").is_file():

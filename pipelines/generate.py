@@ -50,6 +50,7 @@ _IMAGE_SETTINGS = (
     "dtype",
     "negative_prompt",
     "seeding",
+    "safety_checker",
 )
 
 
@@ -348,7 +349,9 @@ def _generate_into(output: Path, jobs: list[ImageJob], config: GenerateConfig, p
             _write_manifest(output, jobs, done, config.guidance_scale)
         bar.update(len(chunk))
     bar.close()
-    if black:
+    if world > 1:
+        black = [name for names in gather_object([black]) for name in names]
+    if black and main:
         print(
             f"warning: {len(black)} of the {len(todo)} images drawn are entirely black (the first: {black[0]}); "
             "a safety checker, or a model that has collapsed? Scores computed on them mean little",

@@ -27,8 +27,10 @@ import torch
 from pipelines.loading import PICKLE_SUFFIXES, ModelLoadError
 from pipelines.single_file import SD1_TEXT_PREFIX, VAE_PREFIX, unet_to_original
 
-# Keys some trainers save beside the weights; they are bookkeeping, not tensors of the model.
+# Entries some trainers save beside the weights; bookkeeping, not weights of the model: EMA
+# counters, and the position-id buffer older transformers wrote into text-encoder state dicts.
 IGNORED_PREFIXES = ("model_ema.",)
+IGNORED_SUFFIXES = ("embeddings.position_ids",)
 WHOLE_MODEL_PREFIXES = (VAE_PREFIX, "vae.", "decoder.", "encoder.down")  # a VAE inside: a whole model
 
 
@@ -133,15 +135,20 @@ class PartialWeights:
 def recognise(state: dict[str, torch.Tensor], pipe, source: str) -> PartialWeights:
     """Name every tensor of ``state`` in the base ``pipe``'s terms, or refuse naming the first
     that does not fit (unknown key, other shape, not floating point, NaN/inf)."""
-    maps = {
-        layout: layout.key_map(getattr(pipe, layout.component))
-        for layout in LAYOUTS
-        if getattr(pipe, layout.component, None) is not None
-    }
+    maps, owns = {}, {}
+    for layout in LAYOUTS:
+        module = getattr(pipe, layout.component, None)
+        if module is None:
+            continue
+        try:
+            maps[layout] = layout.key_map(module)
+        except ValueError:  # a UNet the original layout cannot name (per-level layers): no such file exists
+            continue
+        owns.setdefault(layout.component, module.state_dict())
     result = PartialWeights(source)
     skipped = 0
     for key, tensor in state.items():
-        if key.startswith(IGNORED_PREFIXES):
+        if key.startswith(IGNORED_PREFIXES) or key.endswith(IGNORED_SUFFIXES):
             skipped += 1
             continue
         layout = next((lay for lay, names in maps.items() if key in names), None)
@@ -152,7 +159,7 @@ def recognise(state: dict[str, torch.Tensor], pipe, source: str) -> PartialWeigh
                 "given as --model instead"
             )
         own_key = maps[layout][key]
-        own = getattr(pipe, layout.component).state_dict()[own_key]
+        own = owns[layout.component][own_key]
         if tuple(tensor.shape) != tuple(own.shape):
             raise ModelLoadError(
                 f"{source}: tensor {key!r} has shape {tuple(tensor.shape)}, the base's has {tuple(own.shape)}; "
@@ -168,7 +175,7 @@ def recognise(state: dict[str, torch.Tensor], pipe, source: str) -> PartialWeigh
     if not result.tensors:
         raise ModelLoadError(f"{source}: no model tensors in it ({skipped} bookkeeping entries only)")
     for component in result.tensors:
-        result.sizes[component] = len(getattr(pipe, component).state_dict())
+        result.sizes[component] = len(owns[component])
     return result
 
 

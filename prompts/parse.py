@@ -42,8 +42,8 @@ from prompts.records import ANCHOR_COLUMN, LABEL_COLUMNS, PromptRecord
 ROLES: dict[str, tuple[str, ...]] = {
     "prompt": ("prompt", "text"),
     "case_id": ("case_number", "case_num", "id", "image_id"),
-    "seed": ("evaluation_seed", "seed"),
-    "guidance": ("evaluation_guidance", "guidance"),
+    "seed": ("evaluation_seed", "seed", "sd_seed"),
+    "guidance": ("evaluation_guidance", "guidance", "sd_guidance_scale"),
     "height": ("sd_image_height", "height"),
     "width": ("sd_image_width", "width"),
 }
@@ -97,11 +97,11 @@ class _Columns:
     def __init__(self, path: Path, raw_header: list[str]):
         header = [h.strip() for h in raw_header]
         lowered = [COLUMN_ALIASES.get(h.lower(), h.lower()) for h in header]
-        named = [h for h in lowered if h not in INDEX_HEADERS]
+        named = [h for h in lowered if h]  # blank headers (Excel's trailing commas) are not names
         duplicated = sorted({h for h in named if named.count(h) > 1})
         if duplicated:
             raise PromptFileError(path, 1, f"column {duplicated[0]!r} appears twice")
-        self.index = next((i for i, h in enumerate(lowered) if h in INDEX_HEADERS), None)
+        self.index = 0 if lowered[0] in INDEX_HEADERS else None  # pandas writes its index first
         self.role: dict[str, int] = {}
         for role, names in ROLES.items():
             found = next((lowered.index(n) for n in names if n in lowered), None)
@@ -110,9 +110,11 @@ class _Columns:
         self.labels = {name: lowered.index(name) for name in LABEL_COLUMNS if name in lowered}
         self.anchor = lowered.index(ANCHOR_COLUMN) if ANCHOR_COLUMN in lowered else None
         used = set(self.role.values()) | set(self.labels.values()) | {self.index, self.anchor}
-        self.metadata = {header[i]: i for i, h in enumerate(lowered) if i not in used and h not in INDEX_HEADERS}
-        for name in self.metadata:
-            _refuse_misspelling(path, name.lower(), lowered)
+        self.metadata = {header[i] or f"column {i + 1}": i for i in range(len(header)) if i not in used}
+        raw = [h.lower() for h in header]
+        for i in self.metadata.values():
+            if header[i]:
+                _refuse_misspelling(path, header[i].lower(), lowered + raw)
         if "prompt" not in self.role:
             raise PromptFileError(
                 path, 1, f"no prompt column; the header ({', '.join(header)}) needs one named prompt (or text)"
@@ -122,6 +124,8 @@ class _Columns:
 def _refuse_misspelling(path: Path, name: str, header: list[str]) -> None:
     """A near miss of a known column that the file lacks is a typo, not metadata."""
     close = difflib.get_close_matches(name, KNOWN, n=1, cutoff=0.85)
+    if close and name in (close[0] + "s", close[0] + "es"):  # a plural (styles, concepts) is its own column
+        return
     if close and close[0] not in header and not _role_present(close[0], header):
         raise PromptFileError(path, 1, f"unknown column {name!r}: did you mean {close[0]!r}? (rename it)")
 

@@ -68,8 +68,12 @@ def salun_ddp_pickle(pipe, path):
 
 
 def advunlearn_text_encoder(pipe, path):
+    """transformers 4.x names, with the position-id buffer those versions saved (int64)."""
     state = {k.removeprefix("text_model."): v.contiguous() for k, v in pipe.text_encoder.state_dict().items()}
-    torch.save({f"text_model.{k}": v for k, v in state.items()}, path)
+    positions = torch.arange(pipe.text_encoder.config.max_position_embeddings)[None]
+    torch.save(
+        {f"text_model.{k}": v for k, v in state.items()} | {"text_model.embeddings.position_ids": positions}, path
+    )
 
 
 def compvis_text_encoder_safetensors(pipe, path):

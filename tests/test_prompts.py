@@ -112,6 +112,17 @@ def test_per_row_settings_and_metadata_travel_into_the_manifest_entry(write):
 def test_a_near_miss_of_a_column_that_is_there_is_metadata_not_a_typo(write):
     (record,) = read_prompt_file(write("c.csv", "prompt,concept,concepts\na cat,cat,cat;animal\n"))
     assert record.labels == {"concept": "cat"} and record.metadata == {"concepts": "cat;animal"}
+    (record,) = read_prompt_file(write("p.csv", "prompt,styles,artist,artists\na cat,oil,Monet,Monet;Manet\n"))
+    assert record.labels == {"style": "Monet"} and record.metadata == {"styles": "oil", "artists": "Monet;Manet"}
+
+
+def test_trailing_blank_columns_and_the_original_i2p_columns(write):
+    """Excel's trailing commas add blank headers; I2P's own file has sd_seed and
+    sd_guidance_scale but no evaluation_* columns."""
+    (record,) = read_prompt_file(write("t.csv", "prompt,seed,,\na cat,3,,\n"))
+    assert (record.case_id, record.seed, record.metadata) == ("0", 3, {})
+    (record,) = read_prompt_file(write("i.csv", "prompt,sd_seed,sd_guidance_scale,hard\na crowd,99,7,0\n"))
+    assert (record.seed, record.guidance, record.metadata) == (99, 7.0, {"hard": "0"})
 
 
 BAD_FILES = [

@@ -8,6 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from erase.cli import main
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,10 +34,8 @@ def test_quickstart_erases_three_and_writes_the_report(tmp_path):
 
     # The open-clip judge with no flags: the shipped tiny CLIP, an independent second opinion.
     run, second = tmp_path / "runs" / "quickstart-three", tmp_path / "reports" / "clip-judge"
-    command = [str(ROOT / ".venv" / "bin" / "erase"), "eval", str(run), "--output", str(second)]
-    command += ["--judge", "open-clip", "--images-per-prompt", "2", "--no-progress"]
-    judged = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert judged.returncode == 0, judged.stderr[-2000:]
+    argv = ["eval", str(run), "--output", str(second), "--judge", "open-clip", "--images-per-prompt", "2"]
+    assert main([*argv, "--no-progress"]) == 0
     scores = json.loads((second / "metrics.json").read_text())
     assert scores["settings"]["judge"] == "open-clip" and scores["settings"]["clip_model"] == "tiny_clip"
     erased = scores["runs"]["quickstart-three"]["erased_model"]
