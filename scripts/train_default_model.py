@@ -39,18 +39,20 @@ DEFAULT_MODEL_DIR = ROOT / "pipelines" / "default" / "model"
 DEFAULT_CLASSIFIER_DIR = ROOT / "eval" / "classifiers" / "digit_style"
 
 
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Shifts of up to 2 px, contrast jitter and noise, so the judge tolerates generated images."""
+def augment(images: torch.Tensor, generator: torch.Generator, gain: float = 0.2, blur: float = 0.3) -> torch.Tensor:
+    """Shifts of up to 2 px, contrast jitter (±gain/2), noise and, with probability ``blur``, a
+    3×3 blur: so a judge trained on renderings tolerates the softer, less centred generated
+    images. (The tiny CLIP's script calls this with more jitter and blur.)"""
     b = images.shape[0]
     padded = F.pad(images, (2, 2, 2, 2), mode="replicate")
     dx, dy = torch.randint(0, 5, (2,), generator=generator).tolist()
     shifted = padded[:, :, dy : dy + 32, dx : dx + 32]
-    gain = 1.0 + 0.2 * (torch.rand(b, 1, 1, 1, generator=generator) - 0.5)
+    scale = 1.0 + gain * (torch.rand(b, 1, 1, 1, generator=generator) - 0.5)
     noise = 0.1 * torch.rand(b, 1, 1, 1, generator=generator) * torch.randn(shifted.shape, generator=generator)
-    blur = torch.rand(b, 1, 1, 1, generator=generator) < 0.3
+    blurs = torch.rand(b, 1, 1, 1, generator=generator) < blur
     blurred = F.avg_pool2d(F.pad(shifted, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    out = torch.where(blur, blurred, shifted)
-    return (out * gain + noise).clamp(-1.0, 1.0)
+    out = torch.where(blurs, blurred, shifted)
+    return (out * scale + noise).clamp(-1.0, 1.0)
 
 
 def train_classifier(args: argparse.Namespace) -> dict:

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from eval.clip_encoder import TINY_CLIP_DIR, WEIGHTS_NAME, load_clip_folder  # noqa: E402
 from pipelines.default.render import DIGIT_WORDS, STYLES, held_out_mask, prompt_for, render_all  # noqa: E402
 from pipelines.files import atomic_folder  # noqa: E402
+from scripts.train_default_model import augment  # noqa: E402 - the default model's judge's augmentation
 
 MODEL_CFG = {
     "embed_dim": 64,
@@ -54,20 +55,6 @@ def caption(digit: int | None, style: int | None) -> str:
     if digit is not None:
         return TEMPLATES["class"].format(DIGIT_WORDS[digit])
     return TEMPLATES["style"].format(STYLES[style])
-
-
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Shifts of up to 2 px, contrast jitter, blur and noise: generated digits are softer and
-    less centred than the renderings."""
-    b = images.shape[0]
-    padded = F.pad(images, (2, 2, 2, 2), mode="replicate")
-    dx, dy = torch.randint(0, 5, (2,), generator=generator).tolist()
-    shifted = padded[:, :, dy : dy + 32, dx : dx + 32]
-    gain = 1.0 + 0.3 * (torch.rand(b, 1, 1, 1, generator=generator) - 0.5)
-    noise = 0.1 * torch.rand(b, 1, 1, 1, generator=generator) * torch.randn(shifted.shape, generator=generator)
-    blur = torch.rand(b, 1, 1, 1, generator=generator) < 0.4
-    blurred = F.avg_pool2d(F.pad(shifted, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    return (torch.where(blur, blurred, shifted) * gain + noise).clamp(-1.0, 1.0)
 
 
 def multi_positive_loss(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -109,7 +96,7 @@ def train(args: argparse.Namespace):
         positive = ((cap_digit[None] < 0) | (cap_digit[None] == digits[:, None])) & (
             (cap_style[None] < 0) | (cap_style[None] == styles[:, None])
         )
-        image = F.normalize(model.encode_image(augment(train_set.images[idx], g)), dim=-1)
+        image = F.normalize(model.encode_image(augment(train_set.images[idx], g, gain=0.3, blur=0.4)), dim=-1)
         text = F.normalize(model.encode_text(tokenize(texts)), dim=-1)
         loss = multi_positive_loss(model.logit_scale.exp().clamp(max=100) * image @ text.T, positive)
         optimizer.zero_grad(set_to_none=True)
