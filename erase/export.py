@@ -28,7 +28,7 @@ from pipelines.files import atomic_path
 from pipelines.loading import PICKLE_SUFFIXES, load_pipeline
 from pipelines.lock import output_lock
 from pipelines.ownership import OwnedFolder, check_outside, is_within, pipeline_entries
-from pipelines.partial_weights import is_whole_model, read_state_dict, recognise
+from pipelines.partial_weights import is_component_folder, is_whole_model, read_state_dict, recognise
 from pipelines.single_file import save_single_file
 from prompts import InputError
 
@@ -216,6 +216,8 @@ def apply_delta(
 def is_other_tools_file(path: Path) -> bool:
     """A weights file with none of our tags: another tool's state dict (a pickle, or safetensors
     with no format tag of ours). Our own files keep their stricter checks."""
+    if is_component_folder(path):
+        return True
     if not path.is_file():
         return False
     if path.suffix.lower() in PICKLE_SUFFIXES:

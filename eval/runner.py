@@ -23,7 +23,7 @@ from pipelines.generate import GenerateConfig, check_image_count, generate, read
 from pipelines.loading import DEFAULT_MODEL_DIR, check_model, load_pipeline, single_file_keys
 from pipelines.lock import output_lock
 from pipelines.ownership import OwnedFolder, check_outside
-from pipelines.partial_weights import is_whole_model
+from pipelines.partial_weights import is_component_folder, is_whole_model
 from pipelines.processes import process_state
 from pipelines.progress import track
 from prompts import InputError, load_prompts
@@ -66,8 +66,8 @@ def read_run(spec: str, allow_pickle: bool = False, model_config: str | None = N
             log if log.is_file() else None,
             config.get("base_model_config"),
         )
-    if path.is_file() and not is_whole_model(single_file_keys(path, allow_pickle)):
-        return RunInfo(name, spec, None, [], None, on_base=True)  # ESD's, UCE's... released weights
+    if is_component_folder(path) or (path.is_file() and not is_whole_model(single_file_keys(path, allow_pickle))):
+        return RunInfo(name, spec, None, [], None, on_base=True)  # ESD's, UCE's, AdvUnlearn's released weights
     check_model(spec, model_config, allow_pickle)
     return RunInfo(name, spec, None, [], None)
 

@@ -38,6 +38,11 @@ def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
     """The tensors of a safetensors file or (``allow_pickle``) a torch pickle, unwrapped from the
     usual containers (``{"state_dict": ...}``, ``{"model": ...}``, a ``module.`` prefix)."""
     path = Path(path)
+    if is_component_folder(path):  # a transformers save_pretrained folder (AdvUnlearn's text encoder)
+        found = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
+        if not found:
+            raise ModelLoadError(f"{path} has a config.json but no model.safetensors (or pytorch_model.bin)")
+        path = found[0]
     if not path.is_file():
         raise ModelLoadError(f"{path} is not a file; give a .safetensors (or, with --allow-pickle, .pt) state dict")
     if path.suffix.lower() in PICKLE_SUFFIXES:
@@ -65,6 +70,11 @@ def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
     if all(k.startswith("module.") for k in state):  # saved from a DataParallel/DDP wrapper
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
+
+
+def is_component_folder(path: Path) -> bool:
+    """One model saved alone by transformers/diffusers (config.json + weights), not a pipeline."""
+    return path.is_dir() and (path / "config.json").is_file() and not (path / "model_index.json").exists()
 
 
 def is_whole_model(keys) -> bool:

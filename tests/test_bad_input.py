@@ -259,7 +259,7 @@ def places(tiny_pipeline_dir, tmp_path_factory) -> dict[str, Path]:
         "empty.txt": "# only a comment\n\n",
         "quote.csv": 'case_number,prompt,evaluation_seed\n1,"an unclosed quote,3\n',
         "noprompt.csv": "case_number,evaluation_seed\n1,3\n",
-        "typo.csv": "case_number,prompt,evaluation_seeds\n1,a red circle,3\n",
+        "typo.csv": "case_number,prompt,evaluation_sed\n1,a red circle,3\n",
         "labels.csv": "case_number,prompt,evaluation_seed,class\n1,a red circle,1,circle\n2,a blue square,2,square\n",
         "typo.yaml": "concept: x\nlearning_rat: 0.1\n",
         "steps.yaml": "steps: 1\n",

@@ -76,6 +76,11 @@ def advunlearn_text_encoder(pipe, path):
     )
 
 
+def advunlearn_text_encoder_folder(pipe, path):
+    """AdvUnlearn also releases the encoder as a transformers folder (config.json + weights)."""
+    pipe.text_encoder.save_pretrained(path)
+
+
 def compvis_text_encoder_safetensors(pipe, path):
     state = {k.removeprefix("text_model."): v.contiguous() for k, v in pipe.text_encoder.state_dict().items()}
     save_file({f"{SD1_TEXT_PREFIX}text_model.{k}": v for k, v in state.items()}, str(path))
@@ -95,6 +100,7 @@ FORMATS = [
     (salun_ddp_pickle, "salun.pt", "diffusers UNet keys; replaces unet all", ["unet"]),
     (advunlearn_text_encoder, "advunlearn-te.pt", "text encoder", ["text_encoder"]),
     (compvis_text_encoder_safetensors, "te-compvis.safetensors", "text encoder", ["text_encoder"]),
+    (advunlearn_text_encoder_folder, "text_encoder", "text encoder", ["text_encoder"]),
 ]
 
 
@@ -118,14 +124,23 @@ def test_each_release_format_applies_bit_for_bit(erased, tmp_path, capsys, make,
         assert all(torch.equal(got[k], want[k]) for k in want), component
 
 
-def test_a_release_is_evaluated_on_its_base_without_writing_a_model(erased, tmp_path, capsys):
-    path = tmp_path / "uce.safetensors"
-    uce_xattn_safetensors(erased, path)
+@pytest.mark.parametrize(
+    ("make", "name", "said"),
+    [
+        (uce_xattn_safetensors, "uce.safetensors", "recognised diffusers UNet keys"),
+        (esd_compvis, "compvis-esd.pt", "recognised CompVis UNet keys"),
+        (advunlearn_text_encoder_folder, "text_encoder", "recognised text encoder"),
+    ],
+    ids=["partial-diffusers", "compvis-pickle", "text-encoder-folder"],
+)
+def test_a_release_is_evaluated_on_its_base_without_writing_a_model(erased, tmp_path, capsys, make, name, said):
+    path = tmp_path / name
+    make(erased, path)
     out = tmp_path / "report"
     argv = ["eval", str(path), "--base", "default", "--erased", "class=three", "--output", str(out)]
-    assert main([*argv, "--images-per-prompt", "1", "--steps", "4", "--no-progress"]) == 0
+    assert main([*argv, "--images-per-prompt", "1", "--steps", "4", "--allow-pickle", "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "note: " in err and "recognised diffusers UNet keys" in err and "on base default" in err
+    assert "note: " in err and said in err and "on base default" in err, err
     (run,) = json.loads((out / "metrics.json").read_text())["runs"].values()
     metrics = run["erased_model"]
     assert metrics["FID_vs_base"]["value"] > 0  # the weights were applied: the images changed
