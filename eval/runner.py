@@ -142,7 +142,8 @@ def _evaluate(config: EvalConfig) -> Evaluation:
         )
     base_config = config.model_config or next((r.base_config for r in runs if r.base == base and r.base_config), None)
     check_model(base, base_config, config.allow_pickle)
-    prompts = config.prompts or ("default/digits" if _is_default(base) else None)
+    default_base = _is_default(base)
+    prompts = config.prompts or ("default/digits" if default_base else None)
     if prompts is None:
         raise InputError("give --prompts: a CSV with class and/or style columns saying what each prompt shows")
     records = load_prompts(prompts)
@@ -160,8 +161,8 @@ def _evaluate(config: EvalConfig) -> Evaluation:
     for labels_of_run in erased.values():
         _check_erased(labels_of_run, labels, prompts)
 
-    clip = _clip_encoder(config, _is_default(base))  # one model serves CLIP score and the open-clip judge
-    judge_name = config.judge if config.judge != "auto" else ("digit-style" if _is_default(base) else "open-clip")
+    clip = _clip_encoder(config, default_base)  # one model serves CLIP score and the open-clip judge
+    judge_name = config.judge if config.judge != "auto" else ("digit-style" if default_base else "open-clip")
     judge = build_judge(judge_name, labels, classifier=config.classifier, clip=clip)
     real = _real_images(config.real_images)
     if config.fid_features == "inception":

@@ -411,9 +411,8 @@ def generate_batch(pipe, jobs: list[ImageJob], config: GenerateConfig) -> list:
 
 def _pipeline_call(pipe, jobs: list[ImageJob], config: GenerateConfig, guidance, height, width) -> list:
     """One pipeline call; each image starts from its own seeded CPU generator."""
-    if (height is None) != (width is None):  # diffusers drops a lone height or width: give both
-        default_height, default_width = _native_size(pipe)
-        height, width = height or default_height, width or default_width
+    native_height, native_width = _native_size(pipe)  # diffusers drops a lone height or width: give both
+    height, width = height or native_height, width or native_width
     generators = [torch.Generator("cpu").manual_seed(job.record.seed + job.index) for job in jobs]
     latents = _esd_latents(pipe, jobs, height, width) if config.seeding == "esd" else None
     negative = [config.negative_prompt] * len(jobs) if config.negative_prompt else None
@@ -431,12 +430,11 @@ def _pipeline_call(pipe, jobs: list[ImageJob], config: GenerateConfig, guidance,
     return out.images
 
 
-def _esd_latents(pipe, jobs: list[ImageJob], height: int | None, width: int | None) -> torch.Tensor:
+def _esd_latents(pipe, jobs: list[ImageJob], height: int, width: int) -> torch.Tensor:
     """Each job's starting noise as ESD's generate-images.py draws it: one CPU generator seeded
     with the row's seed, one randn of (k, C, h, w) for the row's k images; this job takes its
     slice. The pipeline scales it by the scheduler's initial sigma, as ESD's script does."""
-    native = _native_size(pipe)
-    h, w = (height or native[0]) // pipe.vae_scale_factor, (width or native[1]) // pipe.vae_scale_factor
+    h, w = height // pipe.vae_scale_factor, width // pipe.vae_scale_factor
     rows: dict[tuple[int, int], torch.Tensor] = {}
     out = []
     for job in jobs:
