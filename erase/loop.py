@@ -23,12 +23,13 @@ from erase.balancers import BalancerSettings, build_balancer
 from erase.balancers.base import flat_grad, flat_params, set_flat_grad
 from erase.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
 from erase.config import TrainConfig
+from erase.lineage import read_lineage
 from erase.mask import FeasibleMask
 from erase.params import PARAMETER_SETS, changed_tensors, tensors_fingerprint
 from erase.xt_sources import X_SOURCES, Draw
 from pipelines.families import family_of
 from pipelines.files import atomic_path, write_json_atomic, write_text_atomic
-from pipelines.loading import DEFAULT_MODEL_DIR, check_sampler_steps, load_pipeline
+from pipelines.loading import check_sampler_steps, load_pipeline
 from pipelines.lock import output_lock
 from pipelines.ownership import OwnedFolder, check_outside, pipeline_entries
 from pipelines.prediction import EpsilonSpace
@@ -68,7 +69,7 @@ def recorded_base(model: str) -> str:
 def resolve_prompts(config: TrainConfig) -> tuple[list[str], list[str], list[str]]:
     """(forget prompts, their anchors, retain prompts). A forget CSV's ``anchor`` column overrides
     ``--anchor`` per prompt. For the default model the retain set defaults to every shipped digit
-    prompt that is not being erased."""
+    prompt that is not being erased (earlier steps' concepts included: erase/lineage.py)."""
     if config.concept:
         records = [PromptRecord("0", config.concept.strip(), 0)]
     else:
@@ -79,7 +80,7 @@ def resolve_prompts(config: TrainConfig) -> tuple[list[str], list[str], list[str
     forget = list(anchors)
     if config.retain:
         retain = [r.prompt for r in load_prompts(config.retain)]
-    elif config.model == "default" or Path(config.model).resolve() == DEFAULT_MODEL_DIR.resolve():
+    elif read_lineage(config.model).root_is_default:  # the default model, or a run erased from it
         retain = [r.prompt for r in load_prompts("default/digits") if r.prompt not in forget]
     else:
         retain = []
@@ -110,6 +111,7 @@ class ErasureRun:
         """Prompt lists, lineage and the output folder; reads only."""
         cfg = self.config
         self.forget_prompts, self.anchor_prompts, self.retain_prompts = resolve_prompts(cfg)
+        self.lineage = read_lineage(cfg.model)
         inputs = {"--model": cfg.model, "--model-config": cfg.model_config, "--forget": cfg.forget}
         check_outside(self.output, inputs | {"--retain": cfg.retain})
         self.folder = OwnedFolder.inspect(self.output, "run")
@@ -225,6 +227,11 @@ class ErasureRun:
                     "anchor_prompts": self.anchor_prompts,
                     "retain_prompts": self.retain_prompts,
                     "base_model": recorded_base(cfg.model),
+                    "root_base_model": recorded_base(self.lineage.root),
+                    "root_base_model_config": self.lineage.root_config
+                    if self.lineage.steps
+                    else (recorded_base(cfg.model_config) if cfg.model_config else None),
+                    "lineage": self.lineage.steps,
                     "base_model_config": recorded_base(cfg.model_config) if cfg.model_config else None,
                     "base_fingerprint": self.base_fingerprint,
                     "loss_units": LOSS_UNITS,

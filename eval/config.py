@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from eval.concepts import ERASED_HELP, Concept, parse_erased
 from pipelines.generate import SEEDING_HELP
 from pipelines.loading import MODEL_CONFIG_HELP, resolve_device
 from prompts import InputError
@@ -26,9 +27,7 @@ class EvalConfig:
     forget: str | None = field(
         default=None, metadata={"help": "prompt list of the erased concept (default: the run's forget prompts)"}
     )
-    erased: str | None = field(
-        default=None, metadata={"help": "what was erased, as AXIS=LABEL, e.g. class=three or style=red"}
-    )
+    erased: str | None = field(default=None, metadata={"help": ERASED_HELP})
     judge: Literal["auto", "digit-style", "open-clip", "transformers"] = field(
         default="auto",
         metadata={"help": "classifier for UA/RA/IRA/CRA (auto: digit-style for the default model, else open-clip)"},
@@ -84,19 +83,12 @@ class EvalConfig:
         if not math.isfinite(self.guidance_scale):
             raise InputError(f"--guidance-scale must be a finite number, got {self.guidance_scale}")
         if self.erased is not None:
-            self.erased_labels()
+            self.erased_concepts()
         resolve_device(self.device)
 
     def clip_architecture(self) -> str:
         return "ViT-B-32" if self.clip_model == "auto" else self.clip_model
 
-    def erased_labels(self) -> dict[str, str]:
-        """``--erased class=three,style=red`` → {"class": "three", "style": "red"}."""
-        out = {}
-        for part in (self.erased or "").split(","):
-            axis, sep, label = part.partition("=")
-            axis, label = axis.strip(), label.strip()
-            if not sep or axis not in ("class", "style") or not label:
-                raise InputError(f"--erased takes AXIS=LABEL with AXIS class or style, e.g. class=three; got {part!r}")
-            out[axis] = label
-        return out
+    def erased_concepts(self) -> list[Concept]:
+        """``--erased "class=three;style=red"`` → [{"class": "three"}, {"style": "red"}]."""
+        return parse_erased(self.erased or "")

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from eval.metrics.base import rows_showing  # noqa: E402
+from eval.concepts import describe, rows_showing  # noqa: E402
 from eval.report_blocks import Block, Bullets, Figure, Heading, Table, Text, to_html, to_markdown  # noqa: E402
 from pipelines.files import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from pipelines.grid import save_grid  # noqa: E402
@@ -45,9 +45,7 @@ def write_report(result: dict, models, runs, output: Path) -> Path:
 
 
 def _title(result: dict) -> str:
-    erased = "; ".join(
-        f"{name}: " + ", ".join(f"{a}={v}" for a, v in run["erased"].items()) for name, run in result["runs"].items()
-    )
+    erased = " | ".join(f"{name}: {describe(run['erased'])}" for name, run in result["runs"].items())
     return f"Erasure evaluation ({erased})" if erased else "Erasure evaluation"
 
 
@@ -74,7 +72,7 @@ def report_blocks(result: dict, models, runs, output: Path) -> list[Block]:
 
     blocks.append(Heading("Results"))
     for name, run in result["runs"].items():
-        erased = ", ".join(f"{a} = {v}" for a, v in run["erased"].items())
+        erased = describe(run["erased"])
         rows = []
         for key in dict.fromkeys([*run["erased_model"], *run["base"]]):
             e, b = run["erased_model"].get(key), run["base"].get(key)
@@ -89,8 +87,7 @@ def report_blocks(result: dict, models, runs, output: Path) -> list[Block]:
     found = {k for run in result["runs"].values() for k in run["erased_model"]}
     keys = [k for k in COLUMN_ORDER if k in found] + sorted(found - set(COLUMN_ORDER))
     rows = [
-        [name, ", ".join(f"{a}={v}" for a, v in run["erased"].items())]
-        + [_fmt(run["erased_model"].get(k)) for k in keys]
+        [name, describe(run["erased"])] + [_fmt(run["erased_model"].get(k)) for k in keys]
         for name, run in result["runs"].items()
     ]
     blocks.append(Table(["run", "erased", *keys], rows))

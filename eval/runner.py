@@ -15,12 +15,14 @@ from pathlib import Path
 
 import torch
 
+from erase.lineage import is_default_model
+from eval.concepts import check_erased, infer_erased, rows_showing
 from eval.config import EvalConfig
 from eval.images import load_images
 from eval.judges import build_judge
-from eval.metrics import METRICS, EvalContext, ModelImages, rows_showing
+from eval.metrics import METRICS, EvalContext, ModelImages
 from pipelines.generate import GenerateConfig, check_image_count, generate, read_manifest, safe_name
-from pipelines.loading import DEFAULT_MODEL_DIR, check_model, load_pipeline, single_file_keys
+from pipelines.loading import check_model, load_pipeline, single_file_keys
 from pipelines.lock import output_lock
 from pipelines.ownership import OwnedFolder, check_outside
 from pipelines.partial_weights import is_component_folder, is_whole_model
@@ -58,22 +60,19 @@ def read_run(spec: str, allow_pickle: bool = False, model_config: str | None = N
                 f"{config_file} is not valid JSON; is {spec} a run folder written by `erase train`?"
             ) from None
         log = path / "train_log.jsonl"
-        return RunInfo(
+        earlier = [p for step in config.get("lineage") or [] for p in step.get("forget_prompts", [])]
+        return RunInfo(  # a run erased from another run is compared with the original (erase/lineage.py)
             name,
             spec,
-            config.get("base_model"),
-            config.get("forget_prompts", []),
+            config.get("root_base_model") or config.get("base_model"),
+            list(dict.fromkeys(earlier + config.get("forget_prompts", []))),
             log if log.is_file() else None,
-            config.get("base_model_config"),
+            config.get("root_base_model_config", config.get("base_model_config")),
         )
     if is_component_folder(path) or (path.is_file() and not is_whole_model(single_file_keys(path, allow_pickle))):
         return RunInfo(name, spec, None, [], None, on_base=True)  # ESD's, UCE's, AdvUnlearn's released weights
     check_model(spec, model_config, allow_pickle)
     return RunInfo(name, spec, None, [], None)
-
-
-def _is_default(model: str | None) -> bool:
-    return model == "default" or (model is not None and Path(model).resolve() == DEFAULT_MODEL_DIR.resolve())
 
 
 def _unique_names(runs: list[RunInfo]) -> None:
@@ -83,20 +82,6 @@ def _unique_names(runs: list[RunInfo]) -> None:
         seen[run.name] = count + 1
         if count:
             run.name = f"{run.name}-{count + 1}"
-
-
-def infer_erased(forget_prompts: list[str], records) -> dict[str, str]:
-    """The labels every forget prompt shares in the evaluation list: class three when all four
-    styles of three were erased, style red when every red digit was."""
-    by_prompt = {r.prompt: r.labels for r in records}
-    matched = [by_prompt[p] for p in forget_prompts if p in by_prompt]
-    if not matched:
-        raise InputError(
-            "none of the run's forget prompts is in the evaluation prompt list, so what was erased is unknown; "
-            "give --erased class=NAME or style=NAME (or --forget a list whose prompts are in --prompts)"
-        )
-    shared = {axis: matched[0][axis] for axis in ("class", "style") if axis in matched[0]}
-    return {axis: label for axis, label in shared.items() if all(m.get(axis) == label for m in matched)}
 
 
 @dataclass
@@ -114,14 +99,6 @@ def evaluate(config: EvalConfig) -> Evaluation:
     is written into it before every input is checked and the first batch of images is drawn."""
     with output_lock(config.output, enabled=process_state().is_main_process):
         return _evaluate(config)
-
-
-def _check_erased(erased: dict[str, str], labels: dict[str, list[str]], prompts: str) -> None:
-    """An --erased label the evaluation list does not have would leave UA undefined."""
-    for axis, label in erased.items():
-        if label not in labels[axis]:
-            have = ", ".join(dict.fromkeys(labels[axis])) or "none"
-            raise InputError(f"--erased {axis}={label}: --prompts {prompts} has no such {axis} (it has: {have})")
 
 
 def _evaluate(config: EvalConfig) -> Evaluation:
@@ -142,7 +119,7 @@ def _evaluate(config: EvalConfig) -> Evaluation:
         )
     base_config = config.model_config or next((r.base_config for r in runs if r.base == base and r.base_config), None)
     check_model(base, base_config, config.allow_pickle)
-    default_base = _is_default(base)
+    default_base = is_default_model(base)
     prompts = config.prompts or ("default/digits" if default_base else None)
     if prompts is None:
         raise InputError("give --prompts: a CSV with class and/or style columns saying what each prompt shows")
@@ -156,10 +133,10 @@ def _evaluate(config: EvalConfig) -> Evaluation:
         for run in runs:
             run.forget_prompts = forget
     erased = {
-        r.name: config.erased_labels() if config.erased else infer_erased(r.forget_prompts, records) for r in runs
+        r.name: config.erased_concepts() if config.erased else infer_erased(r.forget_prompts, records) for r in runs
     }
-    for labels_of_run in erased.values():
-        _check_erased(labels_of_run, labels, prompts)
+    for concepts in erased.values():
+        check_erased(concepts, labels, prompts)
 
     clip = _clip_encoder(config, default_base)  # one model serves CLIP score and the open-clip judge
     judge_name = config.judge if config.judge != "auto" else ("digit-style" if default_base else "open-clip")

@@ -46,7 +46,10 @@ SWEEPS = {
     + [(f"gain={g:g}", {"lambda_gain": g}) for g in (0.1, 0.3, 1, 3)]
     # Δℓ_r measured on a retain batch the step did not train on (--retain-probe fresh)
     + [("fresh", {"retain_probe": "fresh"})]
-    + [(f"fresh,gain={g:g}", {"retain_probe": "fresh", "lambda_gain": g}) for g in (0.1, 0.3, 1)],
+    + [(f"fresh,gain={g:g}", {"retain_probe": "fresh", "lambda_gain": g}) for g in (0.1, 0.3, 1)]
+    # the fresh probe's Δℓ_r is unbiased, so λ integrates to β × the retain loss's level: a β in
+    # the range eupmu-fast needs (λ ≈ 10 at a level of ~3e-4)
+    + [(f"fresh,β={b}", {"retain_probe": "fresh", "lambda_lr": float(b)}) for b in ("1e4", "3e4", "1e5")],
     # eupmu-fast's Δℓ_r carries batch-to-batch noise (~1e-4 here, 100× the step-to-step change),
     # so its natural knob is a smaller λ rate β.
     "eupmu-fast": [(f"β={b}", {"lambda_lr": float(b)}) for b in ("3e4", "3e5", "3e6")],

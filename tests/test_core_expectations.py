@@ -9,7 +9,8 @@ import torch
 
 from erase import losses
 from eval.images import load_images
-from eval.metrics import METRICS, rows_showing
+from eval.concepts import rows_showing
+from eval.metrics import METRICS
 from eval.metrics import value as metric_value
 from eval.metrics.base import EvalContext, ModelImages
 from eval.metrics.clip_score import clip_score, clip_score_metrics
@@ -59,7 +60,7 @@ def test_class_metrics_on_a_crafted_label_set():
     truth = ["three"] * 4 + ["five", "five", "one", "one", "seven"]
     entries = [{"class": c} for c in truth]
     judged = ["three", "eight", "five", "one"] + ["five", "five", "one", "seven", "seven"]
-    ctx = EvalContext([], {"class": "three"}, forget_rows=[0, 1, 2, 3])
+    ctx = EvalContext([], [{"class": "three"}], forget_rows=[0, 1, 2, 3])
     out = erasure_metrics(ctx, _model(entries, judged))
     assert out["UA"]["value"] == pytest.approx(0.75) and out["UA"]["n"] == 4
     assert out["RA"]["value"] == pytest.approx(0.8) and out["RA"]["n"] == 5
@@ -74,12 +75,44 @@ def test_style_metrics_on_a_crafted_label_set():
     entries = [{"class": c, "style": s} for c, s in zip(classes, styles, strict=True)]
     judged_styles = ["red", "plain", "blue", "plain", "blue", "blue", "red", "green"]
     judged_classes = ["one", "five", "five", "one", "two", "three", "one", "five"]
-    ctx = EvalContext([], {"style": "red"}, forget_rows=[0, 1, 2])
+    ctx = EvalContext([], [{"style": "red"}], forget_rows=[0, 1, 2])
     out = erasure_metrics(ctx, _model(entries, judged_classes, judged_styles))
     assert out["UA"]["value"] == pytest.approx(2 / 3, abs=1e-4)
     assert out["IRA"]["value"] == pytest.approx(3 / 5, abs=1e-4)
     assert out["CRA"]["value"] == pytest.approx(5 / 8, abs=1e-4)
     assert out["CRA_erased_style"]["value"] == pytest.approx(1 / 3, abs=1e-4)
+
+
+def test_several_concepts_each_get_their_ua_and_the_rest_is_retained():
+    """Erasing three and seven at once. Three's rows (0–2): judged three once → UA_three 2/3;
+    seven's rows (3–4): judged seven once → UA_seven 1/2; together UA 3/5. RA counts only the
+    other digits (rows 5–8, 3 of 4 right). Crediting a seven judged as three, or counting the
+    erased digits' rows in RA, gives other values."""
+    truth = ["three"] * 3 + ["seven"] * 2 + ["one", "one", "five", "five"]
+    judged = ["three", "seven", "eight"] + ["seven", "three"] + ["one", "one", "five", "two"]
+    entries = [{"class": c} for c in truth]
+    ctx = EvalContext([], [{"class": "three"}, {"class": "seven"}], forget_rows=[0, 1, 2, 3, 4])
+    out = erasure_metrics(ctx, _model(entries, judged))
+    assert out["UA_three"]["value"] == pytest.approx(2 / 3, abs=1e-4) and out["UA_three"]["n"] == 3
+    assert out["UA_seven"]["value"] == pytest.approx(1 / 2) and out["UA_seven"]["n"] == 2
+    assert out["UA"]["value"] == pytest.approx(3 / 5) and out["UA"]["n"] == 5
+    assert out["RA"]["value"] == pytest.approx(3 / 4) and out["RA"]["n"] == 4
+
+
+def test_a_digit_and_a_style_at_once():
+    """Erasing three and red. A red three (row 0) is erased only if neither is recognised; the
+    other digits' RA includes red ones; the other styles' IRA excludes red but includes a plain
+    three (its style is not erased)."""
+    rows = [("three", "red"), ("three", "plain"), ("one", "red"), ("one", "plain"), ("five", "plain")]
+    judged = [("one", "red"), ("one", "plain"), ("one", "plain"), ("one", "blue"), ("five", "plain")]
+    entries = [{"class": c, "style": s} for c, s in rows]
+    ctx = EvalContext([], [{"class": "three"}, {"style": "red"}], forget_rows=[0, 1, 2])
+    out = erasure_metrics(ctx, _model(entries, [c for c, _ in judged], [s for _, s in judged]))
+    assert out["UA"]["value"] == pytest.approx(2 / 3, abs=1e-4)  # row 0 still red
+    assert out["UA_three"]["value"] == 1.0 and out["UA_three"]["n"] == 2
+    assert out["UA_red"]["value"] == 0.5 and out["UA_red"]["n"] == 2
+    assert out["RA"]["value"] == 1.0 and out["RA"]["n"] == 3  # rows 2, 3, 4
+    assert out["IRA"]["value"] == pytest.approx(2 / 3, abs=1e-4) and out["IRA"]["n"] == 3  # rows 1, 3 (blue), 4
 
 
 # --- FID ----------------------------------------------------------------------------------------
@@ -116,7 +149,7 @@ def test_fid_vs_base_compares_the_run_with_the_base_not_with_itself():
     base = ModelImages("base", None, entries, is_base=True)
     run = ModelImages("run", None, entries)
     retain = list(range(4, 64))
-    ctx = EvalContext([base, run], {"class": "x"}, forget_rows=[0, 1, 2, 3], features=Identity())
+    ctx = EvalContext([base, run], [{"class": "x"}], forget_rows=[0, 1, 2, 3], features=Identity())
     ctx.image_cache[("base", tuple(retain), None)] = points[4:]
     ctx.image_cache[("run", tuple(retain), None)] = points[4:] + torch.tensor([0.0, 2.0])
     out = fid_metrics(ctx, run)
@@ -127,16 +160,17 @@ def test_fid_vs_base_compares_the_run_with_the_base_not_with_itself():
 def test_no_forget_rows_gives_no_ua_rather_than_a_number():
     """A prompt list without the erased concept has nothing to measure UA on: None, n = 0."""
     entries = [{"class": "five"}, {"class": "one"}]
-    out = erasure_metrics(EvalContext([], {"class": "three"}, forget_rows=[]), _model(entries, ["five", "two"]))
+    out = erasure_metrics(EvalContext([], [{"class": "three"}], forget_rows=[]), _model(entries, ["five", "two"]))
     assert out["UA"]["value"] is None and out["UA"]["n"] == 0
     assert out["RA"]["value"] == 0.5
 
 
 def test_rows_showing_needs_every_erased_label():
     entries = [{"class": "three", "style": "red"}, {"class": "three", "style": "blue"}, {"class": "one"}, {}]
-    assert rows_showing(entries, {"class": "three"}) == [0, 1]
-    assert rows_showing(entries, {"class": "three", "style": "red"}) == [0]
-    assert rows_showing(entries, {"style": "green"}) == []
+    assert rows_showing(entries, [{"class": "three"}]) == [0, 1]
+    assert rows_showing(entries, [{"class": "three", "style": "red"}]) == [0]
+    assert rows_showing(entries, [{"style": "green"}]) == []
+    assert rows_showing(entries, [{"style": "blue"}, {"class": "one"}]) == [1, 2]  # any of several
 
 
 def test_a_metric_value_is_rounded_and_carries_its_definition():
@@ -195,7 +229,9 @@ def test_clip_score_metric_averages_over_the_retain_rows_of_the_model_read(tmp_p
     other = torch.randn(unit.numel(), generator=torch.Generator().manual_seed(0))
     other = torch.nn.functional.normalize(other - other.dot(unit) * unit, dim=0)  # cos 0 with the image
     unit, reddish = unit.tolist(), (0.6 * unit + 0.8 * other).tolist()
-    ctx = EvalContext([model], {"class": "x"}, forget_rows=[0, 1], clip=UnitVectors({"red": unit, "reddish": reddish}))
+    ctx = EvalContext(
+        [model], [{"class": "x"}], forget_rows=[0, 1], clip=UnitVectors({"red": unit, "reddish": reddish})
+    )
     out = clip_score_metrics(ctx, model)["CLIP_score"]
     assert out["value"] == pytest.approx(80.0, abs=1e-3) and out["n"] == 2
 
@@ -205,7 +241,7 @@ def test_images_are_read_at_the_size_asked_for_and_read_once(tmp_path):
 
     Image.new("RGB", (8, 8), (255, 255, 255)).save(tmp_path / "w.png")
     model = ModelImages("run", tmp_path, [{"file": "w.png"}, {"file": "w.png"}])
-    ctx = EvalContext([model], {}, forget_rows=[])
+    ctx = EvalContext([model], [], forget_rows=[])
     images = ctx.images(model, [0, 1], 4)
     assert images.shape == (2, 3, 4, 4) and torch.allclose(images, torch.ones(2, 3, 4, 4))
     assert ctx.images(model, [0, 1], 4) is images  # cached: FID and CLIP score share one read

@@ -25,7 +25,8 @@ from eval.metrics.clip_score import clip_score
 from eval.metrics.erasure import erasure_metrics
 from eval.metrics.fid import frechet_distance
 from eval.report import SECTIONS
-from eval.runner import evaluate, infer_erased
+from eval.concepts import infer_erased, parse_erased
+from eval.runner import evaluate
 from prompts import InputError, load_prompts
 
 
@@ -42,7 +43,7 @@ def test_class_wise_ua_and_ra_are_exact_on_a_crafted_set():
     guess += [("five", "red"), ("five", "red"), ("three", "red")]  # 2 of 3 fives right
     guess += [("one", "plain"), ("seven", "plain"), ("one", "plain")]  # 2 of 3 ones right
     model = crafted(truth, guess)
-    ctx = EvalContext([model], {"class": "three"}, forget_rows=[0, 1, 2, 3])
+    ctx = EvalContext([model], [{"class": "three"}], forget_rows=[0, 1, 2, 3])
     scores = erasure_metrics(ctx, model)
     assert scores["UA"]["value"] == 0.75 and scores["UA"]["n"] == 4
     assert scores["RA"]["value"] == round(4 / 6, 4) and scores["RA"]["n"] == 6
@@ -53,7 +54,7 @@ def test_style_ua_ira_and_cra_are_exact_on_a_crafted_set():
     truth = [("one", "red"), ("two", "red"), ("one", "plain"), ("two", "plain"), ("one", "blueprint")]
     guess = [("one", "plain"), ("five", "red"), ("one", "plain"), ("two", "red"), ("one", "blueprint")]
     model = crafted(truth, guess)
-    scores = erasure_metrics(EvalContext([model], {"style": "red"}, forget_rows=[0, 1]), model)
+    scores = erasure_metrics(EvalContext([model], [{"style": "red"}], forget_rows=[0, 1]), model)
     assert scores["UA"]["value"] == 0.5  # one of the two red images is not judged red
     assert scores["IRA"]["value"] == round(2 / 3, 4) and scores["IRA"]["n"] == 3
     assert scores["CRA"]["value"] == 0.8 and scores["CRA"]["n"] == 5  # only "two" under red is wrong
@@ -64,11 +65,25 @@ def test_the_erased_concept_is_what_every_forget_prompt_shares():
     digits = load_prompts("default/digits")
     three = [r.prompt for r in load_prompts("default/classes/three-forget")]
     red = [r.prompt for r in load_prompts("default/styles/red-forget")]
-    assert infer_erased(three, digits) == {"class": "three"}
-    assert infer_erased(red, digits) == {"style": "red"}
-    assert infer_erased(["a plain drawing of the digit three"], digits) == {"class": "three", "style": "plain"}
+    assert infer_erased(three, digits) == [{"class": "three"}]
+    assert infer_erased(red, digits) == [{"style": "red"}]
+    assert infer_erased(["a plain drawing of the digit three"], digits) == [{"class": "three", "style": "plain"}]
     with pytest.raises(InputError, match="--erased"):
         infer_erased(["a castle"], digits)
+    seven = [r.prompt for r in load_prompts("default/classes/seven-forget")]
+    assert infer_erased(three + seven, digits) == [{"class": "three"}, {"class": "seven"}]
+    assert infer_erased(three + red, digits) == [{"class": "three"}, {"style": "red"}]
+    with pytest.raises(InputError, match="share no class or style"):  # nothing covered whole, nothing shared
+        infer_erased(three[:1] + seven[:2], digits)
+
+
+def test_erased_flag_names_one_or_several_concepts():
+    assert parse_erased("class=three") == [{"class": "three"}]
+    assert parse_erased("class=three,style=red") == [{"class": "three", "style": "red"}]
+    assert parse_erased("class=three; class=seven") == [{"class": "three"}, {"class": "seven"}]
+    for bad in ("class=three,class=seven", "colour=red", "class="):
+        with pytest.raises(InputError, match="--erased"):
+            parse_erased(bad)
 
 
 class PooledJudge(Judge):
@@ -162,7 +177,7 @@ def test_eval_end_to_end_writes_every_section_and_pairs_seeds(tiny_run, labelled
     )
     result = evaluate(config)
     run = result.metrics["runs"]["run"]
-    assert run["erased"] == {"class": "three"}
+    assert run["erased"] == [{"class": "three"}]
     assert run["forget_images"] == 4 and run["retain_images"] == 6
     assert run["erased_model"]["FID_vs_real"]["real_images"] == 6
     for key in ("UA", "RA", "FID_vs_base", "FID_vs_real"):

@@ -25,7 +25,7 @@ def test_quickstart_erases_three_and_writes_the_report(tmp_path):
     assert "\r" not in done.stderr  # not a terminal: progress as a few lines, not a redrawn bar
     scores = json.loads((report / "metrics.json").read_text())["runs"]["quickstart-three"]
     erased, base = scores["erased_model"], scores["base"]
-    assert scores["erased"] == {"class": "three"}
+    assert scores["erased"] == [{"class": "three"}]
     assert base["UA"]["value"] <= 0.1  # the base model draws threes the judge recognises
     assert erased["UA"]["value"] >= 0.9 and erased["RA"]["value"] >= 0.95  # three gone, the rest kept
     assert erased["CLIP_score"]["value"] > 0 and "tiny_clip" in erased["CLIP_score"]["definition"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from eval.concepts import Concept
 from eval.images import load_images
 
 
@@ -32,11 +33,11 @@ class ModelImages:
 
 @dataclass
 class EvalContext:
-    """``erased`` maps label axes to the erased value, e.g. {"class": "three"}; ``forget_rows``
-    are the manifest rows (same for every model) whose prompt shows the erased concept."""
+    """``erased`` lists the erased concepts (eval/concepts.py), e.g. [{"class": "three"}];
+    ``forget_rows`` are the manifest rows (same for every model) whose prompt shows any of them."""
 
     models: list[ModelImages]
-    erased: dict[str, str]
+    erased: list[Concept]
     forget_rows: list[int]
     judge: object | None = None
     clip: object | None = None
@@ -58,11 +59,6 @@ class EvalContext:
         if key not in self.image_cache:
             self.image_cache[key] = load_images(model.paths(rows), size=size)
         return self.image_cache[key]
-
-
-def rows_showing(entries: list[dict], erased: dict[str, str]) -> list[int]:
-    """Rows whose prompt shows the erased concept (every erased label matches)."""
-    return [i for i, e in enumerate(entries) if all(e.get(axis) == label for axis, label in erased.items())]
 
 
 def value(number: float | None, n: int, definition: str, **extra) -> dict:

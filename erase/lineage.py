@@ -1,0 +1,65 @@
+"""Erasing one concept after another: a run trained from another run records where it came from.
+
+``erase train --model runs/three --forget .../seven-forget`` starts from the model that already
+lost the three. The new run records its **lineage**, every earlier step with its forget prompts,
+and the **root** base model (the original, before any erasure), so that `erase eval` compares
+with the original and measures every concept erased so far, not only the newest one (whether an
+earlier concept came back: UnlearnCanvas's "rebound").
+
+The retain set of a later step keeps the parent's predictions on everything the step does not
+erase, earlier concepts included: the frozen reference is the parent, which no longer draws
+them, so the retain loss holds them erased.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.loading import DEFAULT_MODEL_DIR
+from prompts import InputError
+
+RUN_CONFIG = "train_config.json"
+
+
+@dataclass
+class Lineage:
+    """``steps``: the earlier runs, oldest first, each {"run", "forget_prompts"}; ``root``: the
+    model the first of them started from (the model itself when it is not a run)."""
+
+    root: str
+    steps: list[dict] = field(default_factory=list)
+    root_config: str | None = None  # the root's --model-config (a single-file root)
+
+    @property
+    def earlier_forget_prompts(self) -> list[str]:
+        return [p for step in self.steps for p in step["forget_prompts"]]
+
+    @property
+    def root_is_default(self) -> bool:
+        return is_default_model(self.root)
+
+
+def is_default_model(model: str | None) -> bool:
+    return model == "default" or (model is not None and Path(model).resolve() == DEFAULT_MODEL_DIR.resolve())
+
+
+def read_lineage(model: str) -> Lineage:
+    """The lineage of a model about to be erased: empty unless ``model`` is a run folder."""
+    config_file = Path(model).expanduser() / RUN_CONFIG
+    if model == "default" or not config_file.is_file():
+        return Lineage(model)
+    try:
+        parent = json.loads(config_file.read_text(encoding="utf-8"))
+        forget = list(parent["forget_prompts"])
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        raise InputError(
+            f"--model {model} has a {RUN_CONFIG} that is not an `erase train` record; "
+            "give the run folder `erase train` wrote, or a model folder without that file"
+        ) from None
+    earlier = parent.get("lineage") or []
+    root = parent.get("root_base_model") or parent.get("base_model") or model
+    step = {"run": str(Path(model).expanduser().resolve()), "forget_prompts": forget}
+    root_config = parent.get("root_base_model_config", parent.get("base_model_config"))
+    return Lineage(root, [*earlier, step], root_config)
