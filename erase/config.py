@@ -29,7 +29,13 @@ class TrainConfig:
         default=None,
         metadata={"help": "prompt list to preserve (default model: the digit prompts not being erased)"},
     )
-    model: str = field(default="default", metadata={"help": "base model: `default`, a folder, a file, a cached id"})
+    model: str = field(
+        default="default",
+        metadata={
+            "help": "base model: `default`, a folder, a file, a cached id, or a run folder (erases one concept "
+            "after another; the run records every earlier step, and eval measures them all)"
+        },
+    )
     model_config: str | None = field(
         default=None,
         metadata={"help": MODEL_CONFIG_HELP},

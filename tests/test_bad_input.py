@@ -64,6 +64,7 @@ CASES = [
         "could not load single-file checkpoint",
     ),
     ("train-pickle-refused", TRAIN + ["--model", "{bad}/model.ckpt"], "pickle checkpoint, which can run code"),
+    ("train-model-run-record-damaged", TRAIN + ["--model", "{bad}/damaged-run"], "not an `erase train` record"),
     # erase train: prompt files
     ("train-forget-empty-file", TRAIN + ["--forget", "{bad}/empty.txt"], "no prompts"),
     ("train-forget-mis-encoded", TRAIN + ["--forget", "{bad}/latin1.txt"], "not UTF-8 text"),
@@ -150,6 +151,7 @@ CASES = [
     ("eval-run-missing", swap(EVAL, "{run}", "{bad}/no-run"), "cannot load model"),
     ("eval-run-config-damaged", swap(EVAL, "{run}", "{bad}/damaged-run"), "is not valid JSON"),
     ("eval-erased-format", EVAL + ["--erased", "colour=red"], "--erased takes AXIS=LABEL"),
+    ("eval-erased-axis-twice", EVAL + ["--erased", "class=circle,class=square"], "separate concepts with ';'"),
     ("eval-prompts-unlabelled", EVAL + ["--prompts", "{bad}/ok.txt"], "no class or style column"),
     ("eval-images-zero", EVAL + ["--images-per-prompt", "0"], "--images-per-prompt must be at least 1"),
     ("eval-real-images-missing", EVAL + ["--real-images", "{bad}/nowhere"], "is not a folder"),
