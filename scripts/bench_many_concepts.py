@@ -9,7 +9,8 @@ Per run: recognition of each erased concept (lower = better erased; UA is 1 minu
 and worst recognition of the digits (and styles) not erased, and style accuracy. For the
 sequence, every concept erased so far is measured again after each step, so a concept that
 comes back shows as its recognition rising ("rebound"). Runs and images are kept under
-<output>, so a rerun only does what is missing; rows go to <output>/many.json and many.md.
+<output>, so a rerun only does what is missing; rows go to <output>/many.json and many.md
+(many-at-once.* or many-sequence.* with --only).
 """
 
 from __future__ import annotations
@@ -96,17 +97,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images-per-prompt", type=int, default=10)
     p.add_argument("--output", default=str(ROOT / ".cache" / "many-concepts"))
+    p.add_argument("--only", choices=["at-once", "sequence"], help="one half of the benchmark")
     args = p.parse_args(argv)
     out = Path(args.output)
     rows = []
-    for concepts in AT_ONCE:
+    for concepts in AT_ONCE if args.only != "sequence" else []:
         run = out / "runs" / f"once-{'-'.join(c.partition(':')[2] for c in concepts)}-{args.method}-s{args.seed}"
         seconds = erase("default", concepts, run, args)
         row = {"mode": "at once", "erased": concepts, "train_seconds": seconds}
         rows.append(row | measure(run, concepts, args, out))
         print(_line(rows[-1]), flush=True)
     model = "default"
-    for step, concept in enumerate(SEQUENCE, start=1):
+    for step, concept in enumerate(SEQUENCE if args.only != "at-once" else [], start=1):
         run = out / "runs" / f"seq{step}-{concept.partition(':')[2]}-{args.method}-s{args.seed}"
         seconds = erase(model, [concept], run, args)
         so_far = SEQUENCE[:step]
@@ -114,8 +116,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows.append(row | measure(run, so_far, args, out))
         print(_line(rows[-1]), flush=True)
         model = str(run)
-    write_json_atomic(out / "many.json", rows)
-    write_text_atomic(out / "many.md", _table(rows))
+    name = f"many-{args.only}" if args.only else "many"
+    write_json_atomic(out / f"{name}.json", rows)
+    write_text_atomic(out / f"{name}.md", _table(rows))
     print(_table(rows))
     return rows
 

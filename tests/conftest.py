@@ -86,6 +86,15 @@ def write(tmp_path):
     return _write
 
 
+@pytest.fixture()
+def labelled_prompts(write):
+    """An evaluation list of five digit prompts with class and style columns."""
+    rows = ["case_number,prompt,evaluation_seed,class,style"]
+    cases = [("three", "red"), ("three", "plain"), ("five", "red"), ("five", "plain"), ("one", "plain")]
+    rows += [f"{i},a {s} drawing of the digit {c},{10 + i},{c},{s}" for i, (c, s) in enumerate(cases)]
+    return write("eval.csv", "\n".join(rows) + "\n")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _bank_cache(tmp_path_factory):
     """Latent banks go to a per-session folder, never to the user's cache."""

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from erase import losses
-from eval.images import load_images
 from eval.concepts import rows_showing
+from eval.images import load_images
 from eval.metrics import METRICS
 from eval.metrics import value as metric_value
 from eval.metrics.base import EvalContext, ModelImages

@@ -14,10 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tiny_models import tiny_train_config
 
 import erase.loop as loop
 from erase.cli import main
-from erase.config import TrainConfig
+from eval.concepts import infer_erased, parse_erased
 from eval.config import EvalConfig
 from eval.judges import Judge
 from eval.metrics import EvalContext, ModelImages
@@ -25,7 +26,6 @@ from eval.metrics.clip_score import clip_score
 from eval.metrics.erasure import erasure_metrics
 from eval.metrics.fid import frechet_distance
 from eval.report import SECTIONS
-from eval.concepts import infer_erased, parse_erased
 from eval.runner import evaluate
 from prompts import InputError, load_prompts
 
@@ -133,28 +133,10 @@ def test_clip_score_is_higher_for_matching_prompt_image_pairs():
 
 
 @pytest.fixture()
-def labelled_prompts(write):
-    rows = ["case_number,prompt,evaluation_seed,class,style"]
-    cases = [("three", "red"), ("three", "plain"), ("five", "red"), ("five", "plain"), ("one", "plain")]
-    rows += [f"{i},a {s} drawing of the digit {c},{10 + i},{c},{s}" for i, (c, s) in enumerate(cases)]
-    return write("eval.csv", "\n".join(rows) + "\n")
-
-
-@pytest.fixture()
 def tiny_run(tiny_pipeline_dir, write, tmp_path):
     forget = write("forget.txt", "a red drawing of the digit three\na plain drawing of the digit three\n")
     retain = write("retain.txt", "a red drawing of the digit five\na plain drawing of the digit one\n")
-    config = TrainConfig(
-        output=str(tmp_path / "run"),
-        model=str(tiny_pipeline_dir),
-        forget=str(forget),
-        retain=str(retain),
-        steps=3,
-        batch_size=2,
-        bank_size=1,
-        bank_steps=1,
-        progress=False,
-    )
+    config = tiny_train_config(tiny_pipeline_dir, forget, retain, tmp_path / "run")
     return loop.train(config)
 
 

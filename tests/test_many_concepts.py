@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
+from tiny_models import tiny_train_config
 
 from erase import loop
 from erase.cli import main
-from erase.config import TrainConfig
 from erase.lineage import read_lineage
 from eval.config import EvalConfig
 from eval.runner import evaluate
@@ -19,28 +18,10 @@ THREE = ["a red drawing of the digit three", "a plain drawing of the digit three
 FIVE = ["a red drawing of the digit five", "a plain drawing of the digit five"]
 
 
-@pytest.fixture()
-def labelled_prompts(write):
-    rows = ["case_number,prompt,evaluation_seed,class,style"]
-    cases = [("three", "red"), ("three", "plain"), ("five", "red"), ("five", "plain"), ("one", "plain")]
-    rows += [f"{i},a {s} drawing of the digit {c},{10 + i},{c},{s}" for i, (c, s) in enumerate(cases)]
-    return write("eval.csv", "\n".join(rows) + "\n")
-
-
 def _train(model: str, forget: list[str], output: Path, write) -> Path:
     forget_file = write(f"{output.name}-forget.txt", "\n".join(forget) + "\n")
     retain = write("retain.txt", "a plain drawing of the digit one\n")
-    config = TrainConfig(
-        output=str(output),
-        model=model,
-        forget=str(forget_file),
-        retain=str(retain),
-        steps=2,
-        batch_size=2,
-        bank_size=1,
-        bank_steps=1,
-        progress=False,
-    )
+    config = tiny_train_config(model, forget_file, retain, output, steps=2)
     return loop.train(config)
 
 
@@ -75,7 +56,11 @@ def test_a_run_erased_from_a_run_records_its_lineage_and_is_scored_on_every_conc
 
     third = _train(str(second), ["a red drawing of the digit one"], tmp_path / "then-one", write)
     lineage = read_lineage(str(third))
-    assert [step["run"] for step in lineage.steps] == [str(first.resolve()), str(second.resolve()), str(third.resolve())]
+    assert [step["run"] for step in lineage.steps] == [
+        str(first.resolve()),
+        str(second.resolve()),
+        str(third.resolve()),
+    ]
     assert lineage.root == str(Path(tiny_pipeline_dir).resolve())
 
     scores = _eval(second, labelled_prompts, tmp_path / "report")

@@ -8,6 +8,8 @@ projection), the text-time added embedding, per-level transformer depths and Eul
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -19,6 +21,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from erase.config import TrainConfig
 from pipelines.tokenizer import VOCAB_SIZE
 
 TEXT_WIDTH = 16
@@ -206,3 +209,9 @@ def save_sdxl(folder, tokenizer, tokenizer_bang) -> None:
     StableDiffusionXLPipeline(**sdxl_components(tokenizer, tokenizer_bang)).save_pretrained(
         folder, safe_serialization=True
     )
+
+
+def tiny_train_config(model, forget: Path, retain: Path, output: Path, **overrides) -> TrainConfig:
+    """A run that takes seconds: 3 steps of 2 latents from a one-latent, one-step bank."""
+    settings = dict(steps=3, batch_size=2, bank_size=1, bank_steps=1, progress=False) | overrides
+    return TrainConfig(output=str(output), model=str(model), forget=str(forget), retain=str(retain), **settings)
