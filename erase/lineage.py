@@ -28,13 +28,14 @@ class Lineage:
     """``steps``: the earlier runs, oldest first, each {"run", "forget_prompts"}; ``root``: the
     model the first of them started from (the model itself when it is not a run)."""
 
-    root: str
+    root: str | None
     steps: list[dict] = field(default_factory=list)
     root_config: str | None = None  # the root's --model-config (a single-file root)
 
     @property
-    def earlier_forget_prompts(self) -> list[str]:
-        return [p for step in self.steps for p in step["forget_prompts"]]
+    def forget_prompts(self) -> list[str]:
+        """Every step's forget prompts, once each, oldest first."""
+        return list(dict.fromkeys(p for step in self.steps for p in step["forget_prompts"]))
 
     @property
     def root_is_default(self) -> bool:
@@ -45,6 +46,16 @@ def is_default_model(model: str | None) -> bool:
     return model == "default" or (model is not None and Path(model).resolve() == DEFAULT_MODEL_DIR.resolve())
 
 
+def run_lineage(run: str | Path, record: dict) -> Lineage:
+    """The lineage of a model erased from this run (``record``: its train_config.json): the
+    run's own earlier steps, then the run itself. `erase eval` reads a run's concepts and its
+    original base model from it too."""
+    step = {"run": str(Path(run).expanduser().resolve()), "forget_prompts": list(record.get("forget_prompts", []))}
+    root = record.get("root_base_model") or record.get("base_model")
+    root_config = record.get("root_base_model_config", record.get("base_model_config"))
+    return Lineage(root, [*(record.get("lineage") or []), step], root_config)
+
+
 def read_lineage(model: str) -> Lineage:
     """The lineage of a model about to be erased: empty unless ``model`` is a run folder."""
     config_file = Path(model).expanduser() / RUN_CONFIG
@@ -52,14 +63,12 @@ def read_lineage(model: str) -> Lineage:
         return Lineage(model)
     try:
         parent = json.loads(config_file.read_text(encoding="utf-8"))
-        forget = list(parent["forget_prompts"])
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        valid = isinstance(parent, dict) and isinstance(parent.get("forget_prompts"), list) and parent.get("base_model")
+    except (ValueError, UnicodeDecodeError):
+        valid = False
+    if not valid:
         raise InputError(
             f"--model {model} has a {RUN_CONFIG} that is not an `erase train` record; "
             "give the run folder `erase train` wrote, or a model folder without that file"
-        ) from None
-    earlier = parent.get("lineage") or []
-    root = parent.get("root_base_model") or parent.get("base_model") or model
-    step = {"run": str(Path(model).expanduser().resolve()), "forget_prompts": forget}
-    root_config = parent.get("root_base_model_config", parent.get("base_model_config"))
-    return Lineage(root, [*earlier, step], root_config)
+        )
+    return run_lineage(model, parent)

@@ -23,7 +23,7 @@ from erase.balancers import BalancerSettings, build_balancer
 from erase.balancers.base import flat_grad, flat_params, set_flat_grad
 from erase.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
 from erase.config import TrainConfig
-from erase.lineage import read_lineage
+from erase.lineage import Lineage, read_lineage
 from erase.mask import FeasibleMask
 from erase.params import PARAMETER_SETS, changed_tensors, tensors_fingerprint
 from erase.xt_sources import X_SOURCES, Draw
@@ -66,7 +66,7 @@ def recorded_base(model: str) -> str:
     return str(path.resolve()) if model != "default" and path.exists() else model
 
 
-def resolve_prompts(config: TrainConfig) -> tuple[list[str], list[str], list[str]]:
+def resolve_prompts(config: TrainConfig, lineage: Lineage | None = None) -> tuple[list[str], list[str], list[str]]:
     """(forget prompts, their anchors, retain prompts). A forget CSV's ``anchor`` column overrides
     ``--anchor`` per prompt. For the default model the retain set defaults to every shipped digit
     prompt that is not being erased (earlier steps' concepts included: erase/lineage.py)."""
@@ -80,7 +80,7 @@ def resolve_prompts(config: TrainConfig) -> tuple[list[str], list[str], list[str
     forget = list(anchors)
     if config.retain:
         retain = [r.prompt for r in load_prompts(config.retain)]
-    elif read_lineage(config.model).root_is_default:  # the default model, or a run erased from it
+    elif (lineage or read_lineage(config.model)).root_is_default:  # the default model, or a run erased from it
         retain = [r.prompt for r in load_prompts("default/digits") if r.prompt not in forget]
     else:
         retain = []
@@ -110,8 +110,8 @@ class ErasureRun:
     def check_inputs(self) -> None:
         """Prompt lists, lineage and the output folder; reads only."""
         cfg = self.config
-        self.forget_prompts, self.anchor_prompts, self.retain_prompts = resolve_prompts(cfg)
         self.lineage = read_lineage(cfg.model)
+        self.forget_prompts, self.anchor_prompts, self.retain_prompts = resolve_prompts(cfg, self.lineage)
         inputs = {"--model": cfg.model, "--model-config": cfg.model_config, "--forget": cfg.forget}
         check_outside(self.output, inputs | {"--retain": cfg.retain})
         self.folder = OwnedFolder.inspect(self.output, "run")
@@ -214,6 +214,7 @@ class ErasureRun:
         earlier run (--overwrite: only the files erase recorded), record the names this run
         writes, clear a killed run's temp files (--resume), save the resolved config."""
         cfg = self.config
+        model_config = recorded_base(cfg.model_config) if cfg.model_config else None
         if self.accelerator.is_main_process:
             if self.restart:
                 self.folder.remove()
@@ -227,12 +228,10 @@ class ErasureRun:
                     "anchor_prompts": self.anchor_prompts,
                     "retain_prompts": self.retain_prompts,
                     "base_model": recorded_base(cfg.model),
+                    "base_model_config": model_config,
                     "root_base_model": recorded_base(self.lineage.root),
-                    "root_base_model_config": self.lineage.root_config
-                    if self.lineage.steps
-                    else (recorded_base(cfg.model_config) if cfg.model_config else None),
+                    "root_base_model_config": self.lineage.root_config if self.lineage.steps else model_config,
                     "lineage": self.lineage.steps,
-                    "base_model_config": recorded_base(cfg.model_config) if cfg.model_config else None,
                     "base_fingerprint": self.base_fingerprint,
                     "loss_units": LOSS_UNITS,
                     **({"calibrated": self.saved["calibrated"]} if "calibrated" in self.saved else {}),

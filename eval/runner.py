@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from erase.lineage import is_default_model
+from erase.lineage import is_default_model, run_lineage
 from eval.concepts import check_erased, infer_erased, rows_showing
 from eval.config import EvalConfig
 from eval.images import load_images
@@ -60,14 +60,9 @@ def read_run(spec: str, allow_pickle: bool = False, model_config: str | None = N
                 f"{config_file} is not valid JSON; is {spec} a run folder written by `erase train`?"
             ) from None
         log = path / "train_log.jsonl"
-        earlier = [p for step in config.get("lineage") or [] for p in step.get("forget_prompts", [])]
-        return RunInfo(  # a run erased from another run is compared with the original (erase/lineage.py)
-            name,
-            spec,
-            config.get("root_base_model") or config.get("base_model"),
-            list(dict.fromkeys(earlier + config.get("forget_prompts", []))),
-            log if log.is_file() else None,
-            config.get("root_base_model_config", config.get("base_model_config")),
+        lineage = run_lineage(path, config)  # a run erased from a run: every step, against the original
+        return RunInfo(
+            name, spec, lineage.root, lineage.forget_prompts, log if log.is_file() else None, lineage.root_config
         )
     if is_component_folder(path) or (path.is_file() and not is_whole_model(single_file_keys(path, allow_pickle))):
         return RunInfo(name, spec, None, [], None, on_base=True)  # ESD's, UCE's, AdvUnlearn's released weights
