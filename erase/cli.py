@@ -122,7 +122,8 @@ def _run(args: argparse.Namespace) -> int:
         if _out_of_memory(err):
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             print(
-                f"erase {args.command}: error: out of memory ({first}); lower --batch-size, or use a smaller model",
+                f"erase {args.command}: error: out of memory ({first}); "
+                f"{_MEMORY_HINTS.get(args.command, _MEMORY_HINT)}",
                 file=sys.stderr,
             )
             return 2
@@ -131,6 +132,13 @@ def _run(args: argparse.Namespace) -> int:
             raise
         print(f"erase {args.command}: error: {describe_os_error(os_error)}", file=sys.stderr)
         return 1 if os_error.errno in DISK_FULL else 2
+
+
+_MEMORY_HINT = "lower --batch-size, or use a smaller model"
+_MEMORY_HINTS = {  # what frees memory in each command (measured in the README's GPU table)
+    "train": "lower --batch-size, or add --gradient-checkpointing, --half-frozen (with --mixed-precision bf16) or "
+    "--offload-encoders, or train --parameters lora",
+}
 
 
 def _out_of_memory(err: BaseException) -> bool:

@@ -148,6 +148,15 @@ class TrainConfig:
             "exists: training never calls them (frees their accelerator memory)"
         },
     )
+    half_frozen: bool = field(
+        default=False,
+        metadata={
+            "help": "hold the UNet tensors the run does not train, and the originals of those it trains, in the "
+            "--mixed-precision dtype (bf16/fp16) instead of fp32: half their accelerator memory. Autocast multiplies "
+            "in that precision anyway; norms see rounded weights. The saved model gets its fp32 values back "
+            "(a copy kept in host memory). Needs --mixed-precision bf16 or fp16"
+        },
+    )
     checkpoint_every: int = field(default=50, metadata={"help": "steps between resumable checkpoints"})
     seed: int = field(default=0, metadata={"help": "seed for the bank, batches, noise and timesteps"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --output from its last checkpoint"})
@@ -207,5 +216,9 @@ class TrainConfig:
             raise InputError(f"timesteps must satisfy 0 ≤ --t-min ≤ --t-max ≤ 999, got {self.t_min}..{self.t_max}")
         if self.mask == "feasible" and (self.mask_micro_batches < 2 or not 0 < self.mask_delta < 0.5):
             raise InputError("--mask feasible needs --mask-micro-batches ≥ 2 and 0 < --mask-delta < 0.5")
+        if self.half_frozen and self.mixed_precision == "no":
+            raise InputError(
+                "--half-frozen holds weights in the --mixed-precision dtype; add --mixed-precision bf16 (or fp16)"
+            )
         if self.mask == "feasible" and self.batch_size % self.mask_micro_batches:
             raise InputError("--batch-size must be a multiple of --mask-micro-batches")

@@ -48,6 +48,10 @@ class FrozenOriginal:
         with torch.no_grad(), eval_mode(self.unet):
             return functional_call(self.unet, self.originals, args, kwargs, strict=False)
 
+    def hold_in(self, dtype: torch.dtype) -> None:
+        """Keep the originals in ``dtype`` (--half-frozen): autocast casts them to it anyway."""
+        self.originals = {n: t.to(dtype) for n, t in self.originals.items()}
+
     def nbytes(self) -> int:
         """Memory the originals take (what replaces a second UNet)."""
         return sum(t.numel() * t.element_size() for t in self.originals.values())

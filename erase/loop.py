@@ -23,6 +23,7 @@ from erase.balancers import BalancerSettings, build_balancer
 from erase.balancers.base import flat_grad, flat_params, set_flat_grad
 from erase.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
 from erase.config import TrainConfig
+from erase.half_frozen import HalfFrozen
 from erase.lineage import Lineage, read_lineage
 from erase.mask import FeasibleMask
 from erase.params import PARAMETER_SETS, changed_tensors, tensors_fingerprint
@@ -169,7 +170,8 @@ class ErasureRun:
                 "model's losses in its own units, not ε; its λ and optimiser state do not carry over: use --overwrite"
             )
         prompts = {"forget": self.forget_prompts, "retain": self.retain_prompts}
-        self.x_source = X_SOURCES[cfg.x_source](pipe, self.family, prompts, self.conditions, cfg, show)
+        with self.accelerator.autocast():  # the bank samples in the run's precision (bf16: several × faster)
+            self.x_source = X_SOURCES[cfg.x_source](pipe, self.family, prompts, self.conditions, cfg, show)
         if cfg.offload_encoders:  # from here on only the UNet runs (the conditioning is encoded)
             for name, part in pipe.components.items():
                 if isinstance(part, torch.nn.Module) and name != "unet":
@@ -186,23 +188,11 @@ class ErasureRun:
         named = self.trainable.named
         self.param_names = {n for n, _ in named}
         self.frozen = self.trainable.frozen
+        self.half_frozen = HalfFrozen(unet, self.frozen, cfg.mixed_precision) if cfg.half_frozen else None
         optimizer = torch.optim.Adam([p for _, p in named], lr=cfg.learning_rate)
         self.unet, self.optimizer = self.accelerator.prepare(unet.train(), optimizer)
         self.params = [p for _, p in named]
-        self.balancer = build_balancer(
-            cfg.method,
-            BalancerSettings(
-                retain_weight=cfg.retain_weight,
-                retain_budget=cfg.retain_budget,
-                lambda_lr=cfg.lambda_lr,
-                lambda_max=cfg.lambda_max,
-                lambda_init=cfg.lambda_init,
-                lambda_gain=cfg.lambda_gain,
-                lambda_warmup=cfg.lambda_warmup,
-                learning_rate=cfg.learning_rate,
-                retain_probe=cfg.retain_probe,
-            ),
-        )
+        self.balancer = balancer_for(cfg)
         self.mask = FeasibleMask(cfg.mask_delta, cfg.mask_micro_batches) if cfg.mask == "feasible" else None
         self.generator = torch.Generator().manual_seed(cfg.seed + 7919 * self.accelerator.process_index)
         self.start_step = 0
@@ -520,6 +510,9 @@ class ErasureRun:
         pipe.unet = self.accelerator.unwrap_model(self.unet).eval()
         if self.config.gradient_checkpointing:
             pipe.unet.disable_gradient_checkpointing()  # a training setting, not part of the model
+        if self.half_frozen is not None:  # fp32 values back before LoRA merges or anything is written
+            self.optimizer.state.clear()  # room on the accelerator for the fp32 tensors
+            self.half_frozen.restore(pipe.unet)
         for name, write in self.trainable.finish().items():  # LoRA: its adapters, then merged into the UNet
             with atomic_path(self.output / name) as tmp:
                 write(tmp)
@@ -539,6 +532,25 @@ def _log_lines_upto(path: Path, step: int) -> list[str]:
         if entry.get("step", step + 1) <= step:
             kept.append(line)
     return kept
+
+
+def balancer_for(cfg: TrainConfig):
+    """The balancer ``cfg.method`` names, with the run's settings (scripts/bench_scale.py builds
+    one per method to time them on one run)."""
+    return build_balancer(
+        cfg.method,
+        BalancerSettings(
+            retain_weight=cfg.retain_weight,
+            retain_budget=cfg.retain_budget,
+            lambda_lr=cfg.lambda_lr,
+            lambda_max=cfg.lambda_max,
+            lambda_init=cfg.lambda_init,
+            lambda_gain=cfg.lambda_gain,
+            lambda_warmup=cfg.lambda_warmup,
+            learning_rate=cfg.learning_rate,
+            retain_probe=cfg.retain_probe,
+        ),
+    )
 
 
 def train(config: TrainConfig, pipe=None) -> Path:

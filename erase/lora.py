@@ -72,6 +72,9 @@ class AdaptersOff:
             finally:
                 self.unet.enable_adapters()  # also makes the adapters trainable again (peft)
 
+    def hold_in(self, dtype: torch.dtype) -> None:
+        """Nothing to hold: the frozen model is the UNet's own (untrained) weights."""
+
 
 class LoraAdapters:
     """The `lora` entry of erase/params.py's registry."""

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+from accelerate.utils import find_executable_batch_size
 from safetensors.torch import load_file, save_file
 
 from pipelines.files import atomic_path
@@ -59,6 +60,13 @@ def _read_cached_bank(path: Path, prompts: int, per_prompt: int) -> torch.Tensor
     return None
 
 
+def _autocast_dtype(device_type: str) -> str | None:
+    """The precision autocast samples in here (None when off): part of what a bank is."""
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return str(torch.get_autocast_dtype(device_type))
+
+
 @torch.no_grad()
 def generate_latents(
     pipe,
@@ -82,6 +90,8 @@ def generate_latents(
                 "steps": steps,
                 "guidance": guidance,
                 "dtype": str(pipe.unet.dtype),
+                # a bank sampled under autocast is another bank (absent when off: older caches stay valid)
+                **({"autocast": autocast} if (autocast := _autocast_dtype(pipe.device.type)) else {}),
                 # what the UNet predicts, and how it is sampled: two pipelines sharing UNet weights
                 # (e.g. an ε model and a v model built in memory) must not share a bank
                 "scheduler": [type(pipe.scheduler).__name__]
@@ -96,21 +106,36 @@ def generate_latents(
         if cached is not None:
             return cached
     jobs = [(p, k) for p in range(len(prompts)) for k in range(per_prompt)]
-    out = []
-    bar = progress_bar(len(jobs), desc, unit="latent", enabled=progress)
-    for first in range(0, len(jobs), batch_size):
-        chunk = jobs[first : first + batch_size]
-        generators = [torch.Generator("cpu").manual_seed(seed + 1000 * p + k) for p, k in chunk]
-        result = pipe(
-            prompt=[prompts[p] for p, _ in chunk],
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=generators,
-            output_type="latent",
-        )
-        out.append(result.images.float().cpu())
-        bar.update(len(chunk))
-    bar.close()
+    halved = batch_size
+
+    def halve() -> int:
+        nonlocal halved
+        halved //= 2
+        return halved
+
+    # Out of accelerator memory, sample again at half the batch (accelerate's helper): each
+    # latent has its own generator, so the bank does not depend on the batch it was drawn in.
+    # SDXL at 1024 px does not fit 32 images with guidance on every GPU.
+    @find_executable_batch_size(starting_batch_size=batch_size, reduce_batch_size_fn=halve)
+    def sample(batch: int) -> list[torch.Tensor]:
+        out = []
+        bar = progress_bar(len(jobs), desc, unit="latent", enabled=progress)
+        for first in range(0, len(jobs), batch):
+            chunk = jobs[first : first + batch]
+            generators = [torch.Generator("cpu").manual_seed(seed + 1000 * p + k) for p, k in chunk]
+            result = pipe(
+                prompt=[prompts[p] for p, _ in chunk],
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=generators,
+                output_type="latent",
+            )
+            out.append(result.images.float().cpu())
+            bar.update(len(chunk))
+        bar.close()
+        return out
+
+    out = sample()
     latents = torch.cat(out).reshape(len(prompts), per_prompt, *out[0].shape[1:])
     with atomic_path(path) as tmp:
         save_file({"latents": latents.contiguous()}, str(tmp))

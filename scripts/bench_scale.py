@@ -1,18 +1,27 @@
-"""What a run costs at full size: memory a run adds to the loaded pipeline and median step time,
-per parameter set (xattn, full, lora) and balancer, on random-weight UNets built from the shipped
-SD 1.5 / 2.1 / XL configs (no download), with the frozen original taken from the trained UNet
-itself (today) or from a deep copy (how it was before; `--frozen copy`), with and without
-`--gradient-checkpointing` (`--checkpointing off on`). On CUDA the encoders are offloaded.
+"""What a run costs at full size, on random-weight UNets built from the shipped SD 1.5 / 2.1 / XL
+configs (no download), with tiny tokenizers' real vocabularies and the families' real text encoders
+and VAEs.
 
-    python scripts/bench_scale.py --families sd15 --parameters xattn full lora --frozen swap copy
-    python scripts/bench_scale.py --smoke          # tiny models: checks the script (CI can afford it)
+Step table (default): one process per family × parameter set (xattn, full, lora) × batch ×
+memory lever; inside it one run whose balancer is swapped step by step, so every method's steps
+are timed interleaved on the same weights and reported as ratios to `weighted`. Memory, on CUDA
+from torch's allocator counters: the pipeline as loaded, what the run adds after setup and a
+warm-up step per method (frozen originals, latent bank, gradients, Adam state), and each method's
+peak during its steps (what a run of that method alone peaks at). On a CPU the process's peak
+resident set is reported instead, for the whole group.
 
-Each configuration runs in its own process, so its memory figures start clean: on CUDA the
-allocator's peak (torch.cuda.max_memory_allocated), on a CPU the process's resident set (RSS,
-read from /proc). "run adds" is measured after setup and one step (frozen originals, latent
-bank, gradients, Adam state); "step peak" is the highest value during the timed steps above the
-pipeline. Step times within one configuration are medians; compare configurations as ratios
-printed by the same invocation (the CPU's absolute times drift by ±25%).
+    python scripts/bench_scale.py --families sd15 --parameters xattn full lora --batch 1 4
+    python scripts/bench_scale.py --families sd15 --frozen copy --half-frozen on   # memory levers
+
+End to end (`--e2e`): `erase train` of one concept at the family's native size with the run's
+defaults (latent bank of 8 latents per prompt, 20 sampler steps; 200 steps; bf16 on CUDA; the
+retain list prompts/lists/sd/retain-general.txt), saved to a temporary folder: wall time of setup
+(prompt encoding and the bank) and of training (steps, checkpoints, save), and peak memory.
+
+    python scripts/bench_scale.py --e2e --families sd15 sdxl --parameters xattn lora
+
+`--smoke` runs either on tiny models on a CPU (what CI can afford; it checks the script, its
+figures mean nothing). `--frozen-bytes` counts what the frozen original holds, without running.
 """
 
 from __future__ import annotations
@@ -21,11 +30,13 @@ import argparse
 import copy
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -35,14 +46,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 GIB = 2**30
-
-
-def rss_gib() -> float:
-    """This process's resident memory now (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024 / GIB
-    return 0.0
+METHODS = ["weighted", "none", "eupmu-fast", "eupmu", "explicit"]
+RETAIN = ROOT / "prompts" / "lists" / "sd" / "retain-general.txt"
 
 
 def peak_rss_gib() -> float:
@@ -52,72 +57,165 @@ def peak_rss_gib() -> float:
     return 0.0
 
 
-def memory_gib(device: str) -> float:
-    return torch.cuda.memory_allocated() / GIB if device == "cuda" else rss_gib()
+def allocated_gib(device: str) -> float:
+    return torch.cuda.memory_allocated() / GIB if device == "cuda" else 0.0
 
 
-def one(spec: dict) -> dict:
-    """One configuration, in this process: build, set up, one step, then timed steps."""
+def peak_gib(device: str) -> float:
+    return torch.cuda.max_memory_allocated() / GIB if device == "cuda" else peak_rss_gib()
+
+
+def reset_peak(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+class DeepCopy:
+    """The frozen original as ESD-style code keeps it (before erase/frozen.py): a second UNet."""
+
+    def __init__(self, unet, names):
+        self.copy = copy.deepcopy(unet).requires_grad_(False).eval()
+
+    def __call__(self, *args, **kwargs):
+        with torch.no_grad():
+            return self.copy(*args, **kwargs)
+
+    def hold_in(self, dtype):
+        self.copy.to(dtype)
+
+
+def _pipeline(spec: dict):
     from bench_families_gpu import BY_CONFIG, random_pipeline, tiny_pipeline
 
     import erase.params as params
-    from erase.config import TrainConfig
-    from erase.loop import ErasureRun
 
     device = "cuda" if torch.cuda.is_available() and not spec["smoke"] else "cpu"
-    family = BY_CONFIG[spec["family"]]
-    if spec["frozen"] == "copy":  # the deep copy the loop kept before erase/frozen.py
-        params.FrozenOriginal = lambda unet, names: copy.deepcopy(unet).requires_grad_(False).eval()
+    if spec.get("frozen") == "copy":
+        params.FrozenOriginal = DeepCopy
     build = tiny_pipeline if spec["smoke"] else random_pipeline
-    start = memory_gib(device)
-    pipe = build(family, device, torch.float32)
+    pipe = build(BY_CONFIG[spec["family"]], device, torch.float32)
+    return pipe, device
+
+
+def _config(spec: dict, device: str, output: Path, **overrides):
+    from erase.config import TrainConfig
+
+    settings = dict(
+        output=str(output),
+        concept="a photo of a church",
+        retain=str(RETAIN),
+        model="bench",
+        parameters=spec["parameters"],
+        mixed_precision="bf16" if device == "cuda" else "no",
+        progress=False,
+        gradient_checkpointing=spec.get("checkpointing", False),
+        half_frozen=spec.get("half_frozen", False) and device == "cuda",
+        offload_encoders=device == "cuda",
+    )
+    return TrainConfig(**(settings | overrides))
+
+
+def step_table(spec: dict) -> list[dict]:
+    """One group: every method's steps on one run, interleaved (the order rotates each round)."""
+    from erase.loop import ErasureRun, balancer_for
+
+    pipe, device = _pipeline(spec)
     unet_gib = sum(p.numel() * p.element_size() for p in pipe.unet.parameters()) / GIB
-    loaded = memory_gib(device)
+    loaded = allocated_gib(device)
+    methods = spec["methods"]
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "retain.txt").write_text("a photo of a dog\na photo of a house\n")
-        config = TrainConfig(
-            output=str(Path(tmp) / "run"),
-            concept="a photo of a church",
-            retain=str(Path(tmp) / "retain.txt"),
-            model="bench",
-            method=spec["method"],
-            parameters=spec["parameters"],
-            steps=spec["steps"] + 1,
+        os.environ["ERASE_CACHE_DIR"] = tmp
+        config = _config(
+            spec,
+            device,
+            Path(tmp) / "run",
+            steps=10**6,
             batch_size=spec["batch"],
             bank_size=1,
             bank_steps=2,
-            mixed_precision="bf16" if device == "cuda" else "no",
-            checkpoint_every=10_000,
-            progress=False,
-            gradient_checkpointing=spec.get("checkpointing", False),
-            offload_encoders=device == "cuda",
+            checkpoint_every=10**6,
         )
         run = ErasureRun(config, pipe)
         run.check_inputs()
         run.setup()
-        run.step = 0
-        run.train_step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        adds = memory_gib(device) - loaded
-        times = []
-        for step in range(1, spec["steps"] + 1):
-            run.step = step
-            begin = time.perf_counter()
-            run.train_step()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - begin)
-        peak = torch.cuda.max_memory_allocated() / GIB if device == "cuda" else peak_rss_gib()
-    return spec | {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "unet_gib": round(unet_gib, 3),
-        "pipeline_gib": round(loaded - start, 3),
-        "run_adds_gib": round(adds, 3),
-        "step_peak_over_pipeline_gib": round(peak - loaded, 3),
-        "median_step_s": round(statistics.median(times), 4),
-    }
+        balancers = {m: balancer_for(replace(config, method=m)) for m in methods}
+        times = {m: [] for m in methods}
+        peaks = {m: 0.0 for m in methods}
+        for round_ in range(spec["steps"] + 1):  # round 0 warms up (kernels, Adam state)
+            order = methods[round_ % len(methods) :] + methods[: round_ % len(methods)]
+            for method in order:
+                run.balancer, run.step = balancers[method], round_
+                reset_peak(device)
+                begin = time.perf_counter()
+                run.train_step()
+                sync(device)
+                if round_:
+                    times[method].append(time.perf_counter() - begin)
+                    peaks[method] = max(peaks[method], peak_gib(device))
+            if round_ == 0:
+                adds = allocated_gib(device) - loaded
+    reference = statistics.median(times[methods[0]])
+    common = {k: spec[k] for k in ("family", "parameters", "batch", "frozen", "checkpointing", "half_frozen")}
+    return [
+        common
+        | {
+            "method": method,
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+            "unet_gib": round(unet_gib, 3),
+            "pipeline_gib": round(loaded, 3),
+            "run_adds_gib": round(adds, 3),
+            "peak_gib": round(peaks[method], 3),
+            "median_step_s": round(statistics.median(times[method]), 4),
+            f"vs_{methods[0]}": round(statistics.median(times[method]) / reference, 3),
+        }
+        for method in methods
+    ]
+
+
+def end_to_end(spec: dict) -> list[dict]:
+    """`erase train` of one concept with the run's defaults: setup (encoding, bank), then the
+    steps, checkpoints and save; wall time of each, peak memory over each."""
+    from erase.loop import ErasureRun
+
+    pipe, device = _pipeline(spec)
+    loaded = allocated_gib(device)
+    smoke = dict(steps=4, bank_size=1, bank_steps=2, batch_size=2, checkpoint_every=2) if spec["smoke"] else {}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["ERASE_CACHE_DIR"] = tmp  # no bank from an earlier run
+        config = _config(spec, device, Path(tmp) / "run", method=spec["method"], **smoke)
+        reset_peak(device)
+        begin = time.perf_counter()
+        run = ErasureRun(config, pipe)
+        run.check_inputs()
+        run.setup()
+        sync(device)
+        setup_s, setup_peak = time.perf_counter() - begin, peak_gib(device)
+        reset_peak(device)
+        begin = time.perf_counter()
+        run.train()
+        sync(device)
+        train_s, train_peak = time.perf_counter() - begin, peak_gib(device)
+    return [
+        {k: spec[k] for k in ("family", "parameters", "method", "checkpointing", "half_frozen")}
+        | {
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+            "steps": config.steps,
+            "batch": config.batch_size,
+            "bank_latents": config.bank_size * (len(run.forget_prompts) + len(run.retain_prompts)),
+            "pipeline_gib": round(loaded, 3),
+            "setup_s": round(setup_s, 1),
+            "train_s": round(train_s, 1),
+            "total_s": round(setup_s + train_s, 1),
+            "setup_peak_gib": round(setup_peak, 3),
+            "train_peak_gib": round(train_peak, 3),
+        }
+    ]
 
 
 def frozen_bytes(families: list[str], parameter_sets: list[str]) -> None:
@@ -143,69 +241,102 @@ def frozen_bytes(families: list[str], parameter_sets: list[str]) -> None:
             print(f"| {name} | {chosen} | {kept / GIB:.3f} | {whole:.3f} |")
 
 
+def _in_process(spec: dict) -> list[dict]:
+    """Each group in its own process, so its memory figures start clean."""
+    done = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{spec} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--families", nargs="+", default=["sd15"], choices=["sd15", "sd21", "sdxl"])
     parser.add_argument("--parameters", nargs="+", default=["xattn", "full", "lora"])
-    parser.add_argument("--methods", nargs="+", default=["weighted"])
-    parser.add_argument("--frozen", nargs="+", default=["swap", "copy"], choices=["swap", "copy"])
-    parser.add_argument("--batch", nargs="+", type=int, default=[1])
+    parser.add_argument("--methods", nargs="+", default=METHODS, help="the first is the reference of the ratios")
+    parser.add_argument("--frozen", nargs="+", default=["swap"], choices=["swap", "copy"])
+    parser.add_argument("--half-frozen", nargs="+", default=["off"], choices=["off", "on"])
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 4])
     parser.add_argument(
         "--checkpointing", nargs="+", default=["off"], choices=["off", "on"], help="--gradient-checkpointing"
     )
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8, help="timed rounds (one step of every method each)")
+    parser.add_argument("--e2e", action="store_true", help="end-to-end erase of one concept instead")
+    parser.add_argument("--e2e-method", default="eupmu")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks this script only")
     parser.add_argument("--out", default=None, help="also append the JSON records to this file")
-    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one configuration
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one group
     parser.add_argument("--frozen-bytes", action="store_true", help="only count what the frozen original holds")
     args = parser.parse_args()
     if args.frozen_bytes:
         frozen_bytes(args.families, args.parameters)
         return
     if args.one:
-        print(json.dumps(one(json.loads(args.one))))
+        spec = json.loads(args.one)
+        print(json.dumps(end_to_end(spec) if spec.get("e2e") else step_table(spec)))
         return
     records = []
-    for family in args.families:
-        for parameters in args.parameters:
-            for method in args.methods:
-                for batch in args.batch:
-                    for frozen, checkpointing in itertools.product(args.frozen, args.checkpointing):
-                        if parameters == "lora" and frozen == "copy":  # LoRA's frozen model is its adapters off
-                            continue
-                        spec = dict(
-                            checkpointing=checkpointing == "on",
-                            family=family,
-                            parameters=parameters,
-                            method=method,
-                            batch=batch,
-                            frozen=frozen,
-                            steps=args.steps,
-                            smoke=args.smoke,
-                        )
-                        done = subprocess.run(
-                            [sys.executable, __file__, "--one", json.dumps(spec)],
-                            capture_output=True,
-                            text=True,
-                        )
-                        if done.returncode:
-                            sys.exit(f"{spec} failed:\n{done.stderr[-3000:]}")
-                        record = json.loads(done.stdout.strip().splitlines()[-1])
-                        records.append(record)
-                        print(json.dumps(record), flush=True)
-                        if args.out:
-                            with open(args.out, "a") as handle:
-                                handle.write(json.dumps(record) + "\n")
+    levers = list(itertools.product(args.frozen, args.checkpointing, args.half_frozen))
+    for family, parameters in itertools.product(args.families, args.parameters):
+        for batch, (frozen, checkpointing, half) in itertools.product([None] if args.e2e else args.batch, levers):
+            if parameters == "lora" and frozen == "copy":  # LoRA's frozen model is its adapters off
+                continue
+            spec = dict(
+                family=family,
+                parameters=parameters,
+                batch=batch,
+                frozen=frozen,
+                checkpointing=checkpointing == "on",
+                half_frozen=half == "on",
+                methods=args.methods,
+                method=args.e2e_method,
+                steps=args.steps,
+                smoke=args.smoke,
+                e2e=args.e2e,
+            )
+            for record in _in_process(spec):
+                records.append(record)
+                print(json.dumps(record), flush=True)
+                if args.out:
+                    with open(args.out, "a") as handle:
+                        handle.write(json.dumps(record) + "\n")
+    (print_e2e if args.e2e else print_steps)(records)
+
+
+def print_steps(records: list[dict]) -> None:
+    ref = next((k for k in records[0] if k.startswith("vs_")), "vs_") if records else "vs_"
     print(
-        "\n| family | parameters | method | batch | frozen | ckpt | UNet GiB | run adds GiB | step peak GiB | step s |"
+        f"\n| family | parameters | batch | levers | method | step s | {ref} | pipeline GiB | run adds GiB | peak GiB |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
         print(
-            f"| {r['family']} | {r['parameters']} | {r['method']} | {r['batch']} | {r['frozen']} "
-            f"| {'on' if r.get('checkpointing') else 'off'} | {r['unet_gib']:.2f} "
-            f"| {r['run_adds_gib']:.2f} | {r['step_peak_over_pipeline_gib']:.2f} | {r['median_step_s']:.3f} |"
+            f"| {r['family']} | {r['parameters']} | {r['batch']} | {_levers(r)} | {r['method']} "
+            f"| {r['median_step_s']:.3f} | {r[ref]:.2f}× | {r['pipeline_gib']:.1f} | {r['run_adds_gib']:.2f} "
+            f"| {r['peak_gib']:.1f} |"
         )
+
+
+def print_e2e(records: list[dict]) -> None:
+    print(
+        "\n| family | parameters | method | levers | batch | setup s | train s | total s "
+        "| setup peak GiB | train peak GiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in records:
+        print(
+            f"| {r['family']} | {r['parameters']} | {r['method']} | {_levers(r)} | {r['batch']} | {r['setup_s']} "
+            f"| {r['train_s']} | {r['total_s']} | {r['setup_peak_gib']:.1f} | {r['train_peak_gib']:.1f} |"
+        )
+
+
+def _levers(r: dict) -> str:
+    names = [
+        ("frozen copy", r.get("frozen") == "copy"),
+        ("ckpt", r.get("checkpointing")),
+        ("half", r.get("half_frozen")),
+    ]
+    return ", ".join(n for n, on in names if on) or "–"
 
 
 if __name__ == "__main__":

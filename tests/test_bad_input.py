@@ -105,6 +105,7 @@ CASES = [
         "--retain-probe fresh is for --method eupmu",
     ),
     ("train-lora-rank-zero", TRAIN + ["--concept", "x", "--parameters", "lora", "--lora-rank", "0"], "--lora-rank"),
+    ("train-half-frozen-fp32", TRAIN + ["--concept", "x", "--half-frozen"], "--mixed-precision bf16"),
     (
         "train-lora-targets-unknown",
         TRAIN + ["--concept", "x", "--parameters", "lora", "--lora-targets", "attn2.to_z"],

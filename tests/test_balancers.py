@@ -395,3 +395,36 @@ def test_mask_keeps_a_coordinate_the_retain_loss_does_not_depend_on():
     samples = torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
     keep = FeasibleMask(delta=0.05, micro_batches=3).keep(torch.tensor([-1.0, 1.0, -1.0]), samples)
     assert keep.tolist() == [True, True, False]
+
+
+def test_explicit_takes_vectors_longer_than_one_blas_dot(monkeypatch):
+    """cuBLAS's dot refuses vectors over 2^31 − 1 elements (SDXL `full` has 2.6 billion): with
+    the limit shrunk to 16 and Tensor.dot refusing longer vectors as cuBLAS does, λ*, the
+    direction and the update projection of a 100-element problem match the one-dot answers."""
+    import erase.balancers.base as base
+    from erase.balancers.explicit import ExplicitSurgery, constrained_direction
+
+    gen = torch.Generator().manual_seed(0)
+    g_u, g_r = torch.randn(100, generator=gen), torch.randn(100, generator=gen)
+    g_u -= 2 * g_r  # conflicting, so λ* > 0
+    want_dir, want_lam = constrained_direction(g_u, g_r, 0.1)
+    plain_dot = torch.Tensor.dot
+
+    def bounded_dot(a, b):
+        if a.numel() > 16:
+            raise RuntimeError("dot only supports n, incx, incy with the bound [val] <= 2147483647")
+        return plain_dot(a, b)
+
+    monkeypatch.setattr(base, "DOT_CHUNK", 16)
+    monkeypatch.setattr(torch.Tensor, "dot", bounded_dot)
+    direction, lam = constrained_direction(g_u, g_r, 0.1)
+    assert lam == pytest.approx(want_lam, rel=1e-5) and lam > 0
+    assert torch.allclose(direction, want_dir, rtol=1e-5, atol=1e-6)
+    assert base.flat_dot(g_u, g_r) == pytest.approx(float(plain_dot(g_u, g_r)), rel=1e-5)
+    balancer = ExplicitSurgery(base.BalancerSettings(retain_budget=0.0, learning_rate=1.0))
+    balancer.g_r = g_r
+    params = [torch.nn.Parameter(torch.zeros(100))]
+    before = base.flat_params(params)
+    base.set_flat_params(params, g_r)  # an update u = g_r raises ℓ_r by ‖g_r‖²: projected to 0
+    assert balancer.constrain_update(params, before, None)["update_projected"] == 1.0
+    assert abs(float(plain_dot(g_r, params[0].detach()))) < 1e-3

@@ -100,6 +100,19 @@ def flat_params(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1).float() for p in params])
 
 
+# cuBLAS's dot takes at most 2^31 − 1 elements; SDXL's full parameter set has 2.6 billion
+# (found on a GPU: `explicit` with --parameters full stopped with "dot only supports n ...").
+DOT_CHUNK = 2**30
+
+
+def flat_dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    """a·b for flat vectors of any length: one dot per DOT_CHUNK elements, summed in float64.
+    Below DOT_CHUNK it is exactly ``float(a.dot(b))``."""
+    if a.numel() <= DOT_CHUNK:
+        return float(a.dot(b))
+    return sum(float(x.dot(y)) for x, y in zip(a.split(DOT_CHUNK), b.split(DOT_CHUNK), strict=True))
+
+
 @torch.no_grad()
 def set_flat_params(params: list[torch.Tensor], flat: torch.Tensor) -> None:
     """Write a flat vector back into the parameters' values (inverse of ``flat_params``)."""

@@ -24,6 +24,7 @@ import torch
 
 from erase.balancers.base import (
     Balancer,
+    flat_dot,
     flat_grad,
     flat_params,
     register_balancer,
@@ -51,10 +52,10 @@ def two_gradients(loss_forget, loss_retain, params, backward) -> tuple[torch.Ten
 
 def constrained_direction(g_u: torch.Tensor, g_r: torch.Tensor, eps: float) -> tuple[torch.Tensor, float]:
     """(d*, λ*) for flat gradients; λ* = 0 when the gradients do not conflict beyond ε."""
-    norm_sq = float(g_r.dot(g_r))
+    norm_sq = flat_dot(g_r, g_r)
     if norm_sq == 0.0:
         return g_u, 0.0
-    lam = max(0.0, -(float(g_u.dot(g_r)) + eps) / norm_sq)
+    lam = max(0.0, -(flat_dot(g_u, g_r) + eps) / norm_sq)
     return g_u + lam * g_r, lam
 
 
@@ -76,16 +77,16 @@ class ExplicitSurgery(Balancer):
         eps = self.settings.retain_budget / self.settings.learning_rate
         direction, lam = constrained_direction(g_u, g_r, eps)
         set_flat_grad(params, direction)
-        return {"lambda": lam, "grad_dot": float(g_u.dot(g_r))}
+        return {"lambda": lam, "grad_dot": flat_dot(g_u, g_r)}
 
     @torch.no_grad()
     def constrain_update(self, params, before, keep):
         after = flat_params(params)
         g_r = self.g_r if keep is None else self.g_r * keep
         self.g_r = None  # one step's gradient; not kept in memory until the next
-        rise = float(g_r.dot(after - before))
+        rise = flat_dot(g_r, after - before)
         excess = rise - self.settings.retain_budget
-        norm_sq = float(g_r.dot(g_r))
+        norm_sq = flat_dot(g_r, g_r)
         projected = excess > 0 and norm_sq > 0
         if projected:  # θ − c·g_r: coordinates outside g_r's support keep their exact values
             set_flat_params(params, after - (excess / norm_sq) * g_r)
