@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import tiny_train_config
 
 import erase.loop as loop
 from erase.config import TrainConfig
@@ -17,20 +18,10 @@ from prompts import InputError
 
 
 def _config(tiny_pipeline_dir, write, output, **kw) -> TrainConfig:
-    settings = dict(
-        model=str(tiny_pipeline_dir),
-        concept="a red circle",
-        retain=str(write("retain.txt", "a blue square\na green cat\n")),
-        output=str(output),
-        steps=3,
-        batch_size=2,
-        bank_size=1,
-        bank_steps=1,
-        progress=False,
-        learning_rate=1e-2,
-        mixed_precision="bf16",
+    forget, retain = write("forget.txt", "a red circle\n"), write("retain.txt", "a blue square\na green cat\n")
+    return tiny_train_config(
+        tiny_pipeline_dir, forget, retain, output, **({"learning_rate": 1e-2, "mixed_precision": "bf16"} | kw)
     )
-    return TrainConfig(**(settings | kw))
 
 
 def _unet(folder):
