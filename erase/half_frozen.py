@@ -20,6 +20,9 @@ HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class HalfFrozen:
+    """Casts a run's untrained UNet tensors to half precision at setup and keeps their fp32
+    values in host memory, so ``restore`` can hand the saved model its exact weights."""
+
     def __init__(self, unet: nn.Module, frozen, precision: str):
         dtype = HALF[precision]
         self.host_copies: dict[str, torch.Tensor] = {}

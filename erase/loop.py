@@ -170,7 +170,7 @@ class ErasureRun:
                 "model's losses in its own units, not ε; its λ and optimiser state do not carry over: use --overwrite"
             )
         prompts = {"forget": self.forget_prompts, "retain": self.retain_prompts}
-        with self.accelerator.autocast():  # the bank samples in the run's precision (bf16: several × faster)
+        with self.accelerator.autocast():  # the bank samples in the run's precision, as the steps compute
             self.x_source = X_SOURCES[cfg.x_source](pipe, self.family, prompts, self.conditions, cfg, show)
         if cfg.offload_encoders:  # from here on only the UNet runs (the conditioning is encoded)
             for name, part in pipe.components.items():

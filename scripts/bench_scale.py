@@ -1,6 +1,5 @@
 """What a run costs at full size, on random-weight UNets built from the shipped SD 1.5 / 2.1 / XL
-configs (no download), with tiny tokenizers' real vocabularies and the families' real text encoders
-and VAEs.
+configs (no download); the text encoders and VAEs are built the same way, at full size.
 
 Step table (default): one process per family × parameter set (xattn, full, lora) × batch ×
 memory lever; inside it one run whose balancer is swapped step by step, so every method's steps
