@@ -26,10 +26,12 @@ COMMANDS = {
     "export": "erase.commands.export",
     "apply": "erase.commands.apply",
     "eval": "erase.commands.eval",
+    "attack": "erase.commands.attack",
     "sweep": "erase.commands.sweep",
 }
 HELP = {
     "eval": "evaluate erased models: UA/RA/IRA/CRA, FID, CLIP score, and a report",
+    "attack": "attack erased models with adversarial prompts: does the concept come back?",
     "generate": "draw images for a prompt list (seeded, batched, resumable)",
     "prompts": "list the shipped prompt lists, or show one",
     "train": "erase a concept: fine-tune the UNet, write a run folder",

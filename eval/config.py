@@ -14,7 +14,10 @@ from prompts.checks import check_types
 
 
 @dataclass
-class EvalConfig:
+class JudgedModels:
+    """What `erase eval` and `erase attack` share: the models, the erased concept, the prompt
+    list, the judge and how images are drawn."""
+
     runs: list[str] = field(metadata={"help": "run folders from `erase train` (or any model with --base)"})
     output: str = field(metadata={"help": "report folder: images/, metrics.json, report.html, report.md, figures/"})
     base: str | None = field(
@@ -50,19 +53,9 @@ class EvalConfig:
             "(open_clip_config.json + weights); enables CLIP score"
         },
     )
-    fid_features: Literal["judge", "inception"] = field(
-        default="judge",
-        metadata={"help": "FID feature space: the judge's features, or Inception-v3 (needs --fid-weights)"},
-    )
-    fid_weights: str | None = field(
-        default=None, metadata={"help": "Inception-v3 weights as .safetensors, for --fid-features inception"}
-    )
-    real_images: str | None = field(default=None, metadata={"help": "folder of real images: adds FID vs real"})
     images_per_prompt: int = field(default=10, metadata={"help": "images per prompt and model"})
-    seeding: Literal["per-image", "esd"] = field(default="per-image", metadata={"help": SEEDING_HELP})
     steps: int = field(default=20, metadata={"help": "sampler steps"})
     guidance_scale: float = field(default=5.0, metadata={"help": "classifier-free guidance scale"})
-    batch_size: int = field(default=40, metadata={"help": "images per pipeline call"})
     dtype: Literal["float32", "float16", "bfloat16"] = field(default="float32", metadata={"help": "weights' precision"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     model_config: str | None = field(
@@ -70,14 +63,13 @@ class EvalConfig:
         metadata={"help": MODEL_CONFIG_HELP},
     )
     allow_pickle: bool = field(default=False, metadata={"help": "allow pickled checkpoints (runs pickle!)"})
-    overwrite: bool = field(default=False, metadata={"help": "regenerate images made with other settings"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def __post_init__(self) -> None:
         check_types(self)
         if not self.runs:
             raise InputError("give at least one run folder to evaluate")
-        for name in ("images_per_prompt", "steps", "batch_size"):
+        for name in ("images_per_prompt", "steps"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not math.isfinite(self.guidance_scale):
@@ -92,3 +84,25 @@ class EvalConfig:
     def erased_concepts(self) -> list[Concept]:
         """``--erased "class=three;style=red"`` → [{"class": "three"}, {"style": "red"}]."""
         return parse_erased(self.erased or "")
+
+
+@dataclass
+class EvalConfig(JudgedModels):
+    """`erase eval`: the shared settings plus FID's inputs and how images are seeded and batched."""
+
+    fid_features: Literal["judge", "inception"] = field(
+        default="judge",
+        metadata={"help": "FID feature space: the judge's features, or Inception-v3 (needs --fid-weights)"},
+    )
+    fid_weights: str | None = field(
+        default=None, metadata={"help": "Inception-v3 weights as .safetensors, for --fid-features inception"}
+    )
+    real_images: str | None = field(default=None, metadata={"help": "folder of real images: adds FID vs real"})
+    seeding: Literal["per-image", "esd"] = field(default="per-image", metadata={"help": SEEDING_HELP})
+    batch_size: int = field(default=40, metadata={"help": "images per pipeline call"})
+    overwrite: bool = field(default=False, metadata={"help": "regenerate images made with other settings"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")

@@ -46,6 +46,14 @@ class Judge(ABC):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"judge {self.name!r} has no feature space for FID")
 
+    def knows(self, axis: str, label: str) -> bool:
+        """Whether the judge can ever answer ``label`` on ``axis`` (an attack judged by one that
+        cannot would report 0% whatever the model draws)."""
+        return label in self.label_names(axis)
+
+    def label_names(self, axis: str) -> list[str]:
+        return []
+
 
 class DigitStyleJudge(Judge):
     name = "digit-style"
@@ -71,6 +79,9 @@ class DigitStyleJudge(Judge):
     @torch.no_grad()
     def features(self, images):
         return self.model.features(images)
+
+    def label_names(self, axis):
+        return {"class": self.digits, "style": list(self.model.styles)}.get(axis, [])
 
 
 @register_judge("digit-style")
@@ -113,6 +124,9 @@ class ZeroShotJudge(Judge):
     @torch.no_grad()
     def features(self, images):
         return self.encoder.encode_image(images)
+
+    def label_names(self, axis):
+        return self.labels.get(axis, [])
 
 
 @register_judge("open-clip")
@@ -165,6 +179,9 @@ class TransformersJudge(Judge):
         logits = self.model(**pixels).logits
         best = torch.stack([logits[:, ids].max(1).values for ids in self.columns.values()], dim=1)
         return {"class": [self.classes[i] for i in best.argmax(1).tolist()]}
+
+    def label_names(self, axis):
+        return self.classes if axis == "class" else []
 
 
 @register_judge("transformers")

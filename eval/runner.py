@@ -17,7 +17,7 @@ import torch
 
 from erase.lineage import is_default_model, run_lineage
 from eval.concepts import check_erased, infer_erased, rows_showing
-from eval.config import EvalConfig
+from eval.config import EvalConfig, JudgedModels
 from eval.images import load_images
 from eval.judges import build_judge
 from eval.metrics import METRICS, EvalContext, ModelImages
@@ -70,7 +70,7 @@ def read_run(spec: str, allow_pickle: bool = False, model_config: str | None = N
     return RunInfo(name, spec, None, [], None)
 
 
-def _unique_names(runs: list[RunInfo]) -> None:
+def unique_names(runs: list[RunInfo]) -> None:
     seen: dict[str, int] = {"base": 1}
     for run in runs:
         count = seen.get(run.name, 0)
@@ -89,23 +89,27 @@ class Evaluation:
 REPORT_NAMES = ["images", "figures", "metrics.json", "report.md", "report.html"]
 
 
-def evaluate(config: EvalConfig) -> Evaluation:
-    """Generate, judge, score and report; ``config.output`` is locked while it runs, and nothing
-    is written into it before every input is checked and the first batch of images is drawn."""
-    with output_lock(config.output, enabled=process_state().is_main_process):
-        return _evaluate(config)
+@dataclass
+class ModelsUnderTest:
+    """What `erase eval` and `erase attack` resolve from their inputs before drawing anything."""
+
+    runs: list[RunInfo]
+    base: str
+    base_config: str | None
+    prompts: str
+    records: list
+    labels: dict[str, list[str]]
+    erased: dict[str, list]  # run name → the concepts it erased
+    clip: object | None
+    judge_name: str
+    judge: object
 
 
-def _evaluate(config: EvalConfig) -> Evaluation:
-    output = Path(config.output)
-    report = OwnedFolder.inspect(output, "report")
-    report.check_claimable(REPORT_NAMES)
-    inputs = {"--prompts": config.prompts, "--forget": config.forget, "--base": config.base}
-    inputs |= {"--classifier": config.classifier, "--clip-weights": config.clip_weights}
-    inputs |= {"--fid-weights": config.fid_weights, "--real-images": config.real_images}
-    check_outside(output, inputs | {f"run {spec}": spec for spec in config.runs})
+def models_under_test(config: JudgedModels) -> ModelsUnderTest:
+    """Runs, their base and what each erased, the prompt list and the judge; every input
+    checked (one line, exit 2) before anything is loaded onto an accelerator or written."""
     runs = [read_run(spec, config.allow_pickle, config.model_config) for spec in config.runs]
-    _unique_names(runs)
+    unique_names(runs)
     bases = {r.base for r in runs if r.base}
     base = config.base or (bases.pop() if len(bases) == 1 else None)
     if base is None:
@@ -136,6 +140,27 @@ def _evaluate(config: EvalConfig) -> Evaluation:
     clip = _clip_encoder(config, default_base)  # one model serves CLIP score and the open-clip judge
     judge_name = config.judge if config.judge != "auto" else ("digit-style" if default_base else "open-clip")
     judge = build_judge(judge_name, labels, classifier=config.classifier, clip=clip)
+    return ModelsUnderTest(runs, base, base_config, prompts, records, labels, erased, clip, judge_name, judge)
+
+
+def evaluate(config: EvalConfig) -> Evaluation:
+    """Generate, judge, score and report; ``config.output`` is locked while it runs, and nothing
+    is written into it before every input is checked and the first batch of images is drawn."""
+    with output_lock(config.output, enabled=process_state().is_main_process):
+        return _evaluate(config)
+
+
+def _evaluate(config: EvalConfig) -> Evaluation:
+    output = Path(config.output)
+    report = OwnedFolder.inspect(output, "report")
+    report.check_claimable(REPORT_NAMES)
+    inputs = {"--prompts": config.prompts, "--forget": config.forget, "--base": config.base}
+    inputs |= {"--classifier": config.classifier, "--clip-weights": config.clip_weights}
+    inputs |= {"--fid-weights": config.fid_weights, "--real-images": config.real_images}
+    check_outside(output, inputs | {f"run {spec}": spec for spec in config.runs})
+    found = models_under_test(config)
+    runs, base, base_config, prompts, judge = found.runs, found.base, found.base_config, found.prompts, found.judge
+    erased, clip, judge_name = found.erased, found.clip, found.judge_name
     real = _real_images(config.real_images)
     if config.fid_features == "inception":
         from eval.inception import load_inception
@@ -144,7 +169,7 @@ def _evaluate(config: EvalConfig) -> Evaluation:
     else:
         features = judge if judge.feature_name else None
 
-    _check_runs_load(runs, config, base, base_config)
+    check_runs_load(runs, config, base, base_config)
 
     # 1. Images, the same seeds for every model.
     models, generated, seconds = [], 0, 0.0
@@ -152,7 +177,7 @@ def _evaluate(config: EvalConfig) -> Evaluation:
         folder = output / "images" / name
         pipe = None
         if run is not None and run.on_base:
-            pipe, weights = _with_partial_weights(run, base, base_config, config, config.device, config.dtype)
+            pipe, weights = with_partial_weights(run, base, base_config, config, config.device, config.dtype)
             del weights  # applied: the pipeline holds the values now
             spec = f"{spec} on {base}"  # the images depend on both: another base is not resumed
         result = generate(
@@ -241,7 +266,7 @@ def _judge(judge, model: ModelImages, batch: int = 256) -> dict[str, list[str]]:
     return out
 
 
-def _with_partial_weights(run: RunInfo, base: str, base_config, config: EvalConfig, device: str, dtype: str):
+def with_partial_weights(run: RunInfo, base: str, base_config, config: EvalConfig, device: str, dtype: str):
     """The base pipeline with another tool's partial weights put on it, in memory."""
     from pipelines.partial_weights import load_partial
 
@@ -251,7 +276,7 @@ def _with_partial_weights(run: RunInfo, base: str, base_config, config: EvalConf
     return pipe, weights
 
 
-def _check_runs_load(runs: list[RunInfo], config: EvalConfig, base: str, base_config) -> None:
+def check_runs_load(runs: list[RunInfo], config: EvalConfig, base: str, base_config) -> None:
     """Load every evaluated model once before anything is drawn: the base model's images would
     otherwise be written (minutes on a real model) before a damaged or unfinished run is found.
     Costs one extra load per run, on the CPU, released at once. Another tool's partial weights
@@ -260,7 +285,7 @@ def _check_runs_load(runs: list[RunInfo], config: EvalConfig, base: str, base_co
 
     for run in runs:
         if run.on_base:
-            pipe, weights = _with_partial_weights(run, base, base_config, config, "cpu", "float32")
+            pipe, weights = with_partial_weights(run, base, base_config, config, "cpu", "float32")
             if process_state().is_main_process:
                 print(f"note: {weights.describe()}, on base {base}", file=sys.stderr)
             del pipe, weights
@@ -282,7 +307,7 @@ def _check_runs_load(runs: list[RunInfo], config: EvalConfig, base: str, base_co
         gc.collect()
 
 
-def _clip_encoder(config: EvalConfig, default_base: bool):
+def _clip_encoder(config: JudgedModels, default_base: bool):
     """--clip-weights (a file for --clip-model, or an open_clip folder); for the default model
     without it, the shipped tiny CLIP, which was trained on the default model's own drawings.
     None: no CLIP score, and the open-clip judge will ask for weights."""

@@ -383,7 +383,7 @@ def _same_row_settings(entry: dict, job: ImageJob, default_guidance: float) -> b
     return all(entry.get(side) == getattr(job.record, side) for side in ("height", "width"))
 
 
-def _native_size(pipe) -> tuple[int, int]:
+def native_size(pipe) -> tuple[int, int]:
     """(height, width) the pipeline draws when given neither: the UNet's sample size in pixels."""
     size = pipe.unet.config.sample_size
     height, width = (size, size) if isinstance(size, int) else size
@@ -411,7 +411,7 @@ def generate_batch(pipe, jobs: list[ImageJob], config: GenerateConfig) -> list:
 
 def _pipeline_call(pipe, jobs: list[ImageJob], config: GenerateConfig, guidance, height, width) -> list:
     """One pipeline call; each image starts from its own seeded CPU generator."""
-    native_height, native_width = _native_size(pipe)  # diffusers drops a lone height or width: give both
+    native_height, native_width = native_size(pipe)  # diffusers drops a lone height or width: give both
     height, width = height or native_height, width or native_width
     generators = [torch.Generator("cpu").manual_seed(job.record.seed + job.index) for job in jobs]
     latents = _esd_latents(pipe, jobs, height, width) if config.seeding == "esd" else None

@@ -37,6 +37,7 @@ KINDS = {
     "report": "an `erase eval` report",
     "pipeline": "a pipeline written by `erase export` or `erase apply`",
     "sweep": "an `erase sweep`",
+    "attack": "an `erase attack` report",
 }
 # The temporary names our writers use beside a target (tempfile.mkstemp/mkdtemp in pipelines/files.py).
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.(?:tmp|old)$")

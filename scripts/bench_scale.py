@@ -19,7 +19,19 @@ retain list prompts/lists/sd/retain-general.txt), saved to a temporary folder: w
 
     python scripts/bench_scale.py --e2e --families sd15 sdxl --parameters xattn lora
 
-`--smoke` runs either on tiny models on a CPU (what CI can afford; it checks the script, its
+    python scripts/bench_scale.py --e2e --families sd15 --batch 4 --half-frozen on --set bank_size=4
+
+`--set KEY=VALUE` overrides any `erase train` setting of the end-to-end run (TrainConfig's field
+names); `--batch` there sets --batch-size (the run's default when not given).
+
+Where the time of a step goes (`--profile`): a few steps of one method under torch's profiler:
+wall time per step against the time the accelerator spent in kernels, the UNet calls per step,
+and the operators that cost the host the most time. A step whose kernel time is far below its wall
+time is bound by the host launching kernels, not by the accelerator.
+
+    python scripts/bench_scale.py --profile --families sd15 --parameters xattn --batch 1 16
+
+`--smoke` runs any mode on tiny models on a CPU (what CI can afford; it checks the script, its
 figures mean nothing). `--frozen-bytes` counts what the frozen original holds, without running.
 """
 
@@ -177,17 +189,82 @@ def step_table(spec: dict) -> list[dict]:
     ]
 
 
+def profile_step(spec: dict) -> list[dict]:
+    """Where one method's step spends its time: wall against kernel time, UNet calls, host hot spots."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from erase.loop import ErasureRun
+
+    pipe, device = _pipeline(spec)
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1))
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["ERASE_CACHE_DIR"] = tmp
+        config = _config(
+            spec,
+            device,
+            Path(tmp) / "run",
+            method=spec["method"],
+            steps=10**6,
+            batch_size=spec["batch"],
+            bank_size=1,
+            bank_steps=2,
+            checkpoint_every=10**6,
+        )
+        run = ErasureRun(config, pipe)
+        run.check_inputs()
+        run.setup()
+        for _ in range(3):  # kernels chosen, Adam state allocated, λ calibrated
+            run.train_step()
+        sync(device)
+        steps = max(spec["steps"], 1)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+        calls.clear()
+        begin = time.perf_counter()  # wall time without the profiler's own cost
+        for _ in range(steps):
+            run.train_step()
+        sync(device)
+        wall = (time.perf_counter() - begin) / steps
+        unet_calls = len(calls) / steps
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                run.train_step()
+            sync(device)
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]  # not the ops launching them
+    kernel_s = sum(e.self_device_time_total for e in kernels) / 1e6 / steps
+    busiest = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:6]
+    hot = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+    common = {k: spec[k] for k in ("family", "parameters", "batch", "method", "checkpointing", "half_frozen")}
+    return [
+        common
+        | {
+            "profile": True,
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+            "wall_per_step_s": round(wall, 4),
+            "kernel_per_step_s": round(kernel_s, 4),
+            "unet_calls_per_step": unet_calls,
+            "kernels_per_step": sum(e.count for e in kernels) // steps,
+            "busiest_kernels": [
+                [e.key[:80], e.count // steps, round(e.self_device_time_total / 1e6 / steps, 4)] for e in busiest
+            ],
+            "host_hot_spots": [[e.key, e.count // steps, round(e.self_cpu_time_total / 1e6 / steps, 4)] for e in hot],
+        }
+    ]
+
+
 def end_to_end(spec: dict) -> list[dict]:
     """`erase train` of one concept with the run's defaults: setup (encoding, bank), then the
     steps, checkpoints and save; wall time of each, peak memory over each."""
-    from erase.loop import ErasureRun
+    from erase.loop import LOG_NAME, ErasureRun
 
     pipe, device = _pipeline(spec)
     loaded = allocated_gib(device)
     smoke = dict(steps=4, bank_size=1, bank_steps=2, batch_size=2, checkpoint_every=2) if spec["smoke"] else {}
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["ERASE_CACHE_DIR"] = tmp  # no bank from an earlier run
-        config = _config(spec, device, Path(tmp) / "run", method=spec["method"], **smoke)
+        overrides = smoke | ({"batch_size": spec["batch"]} if spec["batch"] else {}) | _typed(spec["set"])
+        config = _config(spec, device, Path(tmp) / "run", method=spec["method"], **overrides)
         reset_peak(device)
         begin = time.perf_counter()
         run = ErasureRun(config, pipe)
@@ -200,6 +277,7 @@ def end_to_end(spec: dict) -> list[dict]:
         run.train()
         sync(device)
         train_s, train_peak = time.perf_counter() - begin, peak_gib(device)
+        seconds = [json.loads(line)["seconds"] for line in (Path(tmp) / "run" / LOG_NAME).read_text().splitlines()]
     return [
         {k: spec[k] for k in ("family", "parameters", "method", "checkpointing", "half_frozen")}
         | {
@@ -211,6 +289,8 @@ def end_to_end(spec: dict) -> list[dict]:
             "setup_s": round(setup_s, 1),
             "train_s": round(train_s, 1),
             "total_s": round(setup_s + train_s, 1),
+            "median_step_s": round(statistics.median(b - a for a, b in itertools.pairwise(seconds)), 4),
+            "set": spec["set"],
             "setup_peak_gib": round(setup_peak, 3),
             "train_peak_gib": round(train_peak, 3),
         }
@@ -240,11 +320,41 @@ def frozen_bytes(families: list[str], parameter_sets: list[str]) -> None:
             print(f"| {name} | {chosen} | {kept / GIB:.3f} | {whole:.3f} |")
 
 
-def _in_process(spec: dict) -> list[dict]:
-    """Each group in its own process, so its memory figures start clean."""
+def _typed(settings: list[str]) -> dict:
+    """``--set KEY=VALUE`` pairs as TrainConfig values of each field's type."""
+    from dataclasses import fields
+
+    from erase.config import TrainConfig
+
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    typed = {}
+    for item in settings:
+        key, _, value = item.partition("=")
+        if key not in types:
+            sys.exit(f"--set {item}: {key!r} is not a TrainConfig field")
+        kind = str(types[key])
+        typed[key] = (
+            int(value)
+            if kind == "int"
+            else float(value)
+            if kind == "float"
+            else value.lower() in ("1", "true", "on")
+            if kind == "bool"
+            else value
+        )
+    return typed
+
+
+def _in_process(spec: dict, failures: Path | None) -> list[dict]:
+    """Each group in its own process, so its memory figures start clean. A group that fails is
+    reported and skipped, its whole stderr kept next to --out, so one OOM does not end the plan."""
     done = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
     if done.returncode:
-        sys.exit(f"{spec} failed:\n{done.stderr[-3000:]}")
+        print(f"{spec} failed:\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
+        if failures is not None:
+            with open(failures, "a") as handle:
+                handle.write(f"=== {json.dumps(spec)}\n{done.stderr}\n")
+        return []
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -255,13 +365,15 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=METHODS, help="the first is the reference of the ratios")
     parser.add_argument("--frozen", nargs="+", default=["swap"], choices=["swap", "copy"])
     parser.add_argument("--half-frozen", nargs="+", default=["off"], choices=["off", "on"])
-    parser.add_argument("--batch", nargs="+", type=int, default=[1, 4])
+    parser.add_argument("--batch", nargs="+", type=int, default=None, help="default 1 4 (--e2e: the run's own)")
     parser.add_argument(
         "--checkpointing", nargs="+", default=["off"], choices=["off", "on"], help="--gradient-checkpointing"
     )
     parser.add_argument("--steps", type=int, default=8, help="timed rounds (one step of every method each)")
     parser.add_argument("--e2e", action="store_true", help="end-to-end erase of one concept instead")
-    parser.add_argument("--e2e-method", default="eupmu")
+    parser.add_argument("--e2e-method", default="eupmu", help="the method of --e2e and --profile")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="--e2e: erase train settings")
+    parser.add_argument("--profile", action="store_true", help="where a step's time goes, instead")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks this script only")
     parser.add_argument("--out", default=None, help="also append the JSON records to this file")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one group
@@ -272,12 +384,15 @@ def main() -> None:
         return
     if args.one:
         spec = json.loads(args.one)
-        print(json.dumps(end_to_end(spec) if spec.get("e2e") else step_table(spec)))
+        mode = end_to_end if spec.get("e2e") else profile_step if spec.get("profile") else step_table
+        print(json.dumps(mode(spec)))
         return
+    batches = args.batch or ([None] if args.e2e else [1, 4])
+    failures = Path(args.out).with_suffix(".failures.txt") if args.out else None
     records = []
     levers = list(itertools.product(args.frozen, args.checkpointing, args.half_frozen))
     for family, parameters in itertools.product(args.families, args.parameters):
-        for batch, (frozen, checkpointing, half) in itertools.product([None] if args.e2e else args.batch, levers):
+        for batch, (frozen, checkpointing, half) in itertools.product(batches, levers):
             if parameters == "lora" and frozen == "copy":  # LoRA's frozen model is its adapters off
                 continue
             spec = dict(
@@ -292,14 +407,30 @@ def main() -> None:
                 steps=args.steps,
                 smoke=args.smoke,
                 e2e=args.e2e,
+                profile=args.profile,
+                set=args.set,
             )
-            for record in _in_process(spec):
+            for record in _in_process(spec, failures):
                 records.append(record)
                 print(json.dumps(record), flush=True)
                 if args.out:
                     with open(args.out, "a") as handle:
                         handle.write(json.dumps(record) + "\n")
-    (print_e2e if args.e2e else print_steps)(records)
+    (print_e2e if args.e2e else print_profile if args.profile else print_steps)(records)
+
+
+def print_profile(records: list[dict]) -> None:
+    for r in records:
+        print(
+            f"\n{r['family']} {r['parameters']} batch {r['batch']} {r['method']} {_levers(r)}: "
+            f"{r['wall_per_step_s']:.3f} s a step, {r['kernel_per_step_s']:.3f} s of it in kernels, "
+            f"{r['unet_calls_per_step']:g} UNet calls, {r['kernels_per_step']} kernels"
+        )
+        for key, count, seconds in r["busiest_kernels"]:
+            print(f"  kernel {key}: {count} a step, {seconds:.4f} s")
+        print("| operator | calls a step | host s a step |\n|---|---|---|")
+        for key, count, seconds in r["host_hot_spots"]:
+            print(f"| {key} | {count} | {seconds:.4f} |")
 
 
 def print_steps(records: list[dict]) -> None:

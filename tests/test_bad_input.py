@@ -38,6 +38,8 @@ GENERATE = ["generate", "--prompts", "{bad}/ok.txt", "--model", "{pipe}", "--ste
 GENERATE += ["--output", "{out}", "--no-progress"]
 EVAL = ["eval", "{run}", "--output", "{out}", "--prompts", "{bad}/labels.csv", "--judge", "digit-style"]
 EVAL += ["--images-per-prompt", "1", "--steps", "1", "--no-progress"]
+ATTACK = ["attack", "{run}", "--output", "{out}", "--prompts", "{bad}/labels.csv", "--judge", "digit-style"]
+ATTACK += ["--images-per-prompt", "1", "--steps", "1", "--timesteps", "1", "--iterations", "1", "--no-progress"]
 EXPORT = ["export", "{run}", "--output", "{out}"]
 APPLY = ["apply", "{bad}/delta.safetensors", "--base", "{pipe}", "--output", "{out}"]
 SWEEP = ["sweep", "--model", "{pipe}", "--concept", "a red circle", "--retain", "{bad}/retain.txt", "--steps", "1"]
@@ -148,6 +150,13 @@ CASES = [
         "not a concept-erase delta",
     ),
     ("apply-damaged-file", swap(APPLY, "{bad}/delta.safetensors", "{bad}/damaged.safetensors"), "damaged.safetensors"),
+    # erase attack
+    ("attack-run-missing", swap(ATTACK, "{run}", "{bad}/no-run"), "cannot load model"),
+    ("attack-tokens-zero", ATTACK + ["--tokens", "0"], "--tokens must be at least 1"),
+    ("attack-lr-negative", ATTACK + ["--lr", "-1"], "--lr must be a positive number"),
+    ("attack-search-unknown", ATTACK + ["--search", "beam"], "invalid choice: 'beam'"),
+    ("attack-erased-label-absent", ATTACK + ["--erased", "class=triangle"], "no such class (it has: circle, square)"),
+    ("attack-judge-blind", ATTACK + ["--erased", "class=circle"], "cannot recognise class=circle"),
     # erase eval
     ("eval-run-missing", swap(EVAL, "{run}", "{bad}/no-run"), "cannot load model"),
     ("eval-run-config-damaged", swap(EVAL, "{run}", "{bad}/damaged-run"), "is not valid JSON"),
@@ -213,6 +222,7 @@ HOSTILE = [
     ("train-overwrite-a-user-folder", "user-folder", TRAIN + ["--overwrite"], USER),
     ("train-resume-a-user-folder", "user-folder", TRAIN + ["--resume"], USER),
     ("eval-into-a-user-report", "user-folder", EVAL, USER),
+    ("attack-into-a-user-folder", "user-folder", ATTACK, USER),
     ("export-overwrite-a-user-folder", "user-folder", EXPORT + ["--format", "diffusers", "--overwrite"], USER),
     ("apply-overwrite-a-user-folder", "user-folder", APPLY + ["--overwrite"], USER),
     ("export-overwrite-a-user-file", "user-file", EXPORT + ["--overwrite"], "was not written by erase"),

@@ -53,12 +53,23 @@ class Family:
         """Whether an original-layout single file (its tensor names) is of this family."""
         return any(key.startswith(self.original_marker) for key in keys)
 
-    @torch.no_grad()
     def encode(self, pipe, prompts: list[str]) -> Conditioning:
-        """One text encoder's last hidden states (SD 1.x, 2.x). "" is encoded as the pipeline
+        """The UNet's conditioning for ``prompts``, no grad (training and sampling)."""
+        with torch.no_grad():
+            return self.conditioning(pipe, prompts)
+
+    def conditioning(self, pipe, prompts: list[str]) -> Conditioning:
+        """``encode`` with autograd on: `erase attack` differentiates through the text encoder
+        to the token embeddings it optimises.
+
+        One text encoder's last hidden states (SD 1.x, 2.x). "" is encoded as the pipeline
         encodes its unconditional prompt, so it stays the model's own unconditional input."""
         states, _ = pipe.encode_prompt(prompts, pipe.device, 1, do_classifier_free_guidance=False)
         return Conditioning(states)
+
+    def pipeline_inputs(self, cond: Conditioning) -> dict:
+        """The pipeline call's keyword arguments that feed it ``cond`` in place of prompts."""
+        return {"prompt_embeds": cond.text}
 
     def to_original(self, pipe) -> dict[str, torch.Tensor]:
         """The pipeline's weights in this family's original single-file layout."""

@@ -17,8 +17,7 @@ class SDXL(Family):
     original_marker = "conditioner.embedders.1.model."
     tokenizer_folders = ("tokenizer", "tokenizer_2")
 
-    @torch.no_grad()
-    def encode(self, pipe, prompts: list[str]) -> Conditioning:
+    def conditioning(self, pipe, prompts: list[str]) -> Conditioning:
         """States of both encoders and the pooled embedding, as the pipeline computes them.
 
         The empty prompt follows the model's own convention: with ``force_zeros_for_empty_prompt``
@@ -35,6 +34,9 @@ class SDXL(Family):
         # original size, crop top-left, target size: the pipeline's defaults for an uncropped image
         ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=states.dtype, device=states.device)
         return Conditioning(states, {"text_embeds": pooled, "time_ids": ids.expand(len(prompts), -1)})
+
+    def pipeline_inputs(self, cond: Conditioning) -> dict:
+        return {"prompt_embeds": cond.text, "pooled_prompt_embeds": cond.added["text_embeds"]}
 
     def to_original(self, pipe):
         from pipelines.single_file import sdxl_original

@@ -1,0 +1,88 @@
+"""Adversarial token slots: k positions right after the start token (UnlearnDiffAtk's prefix).
+
+The prompt is written with k filler words in front; a forward hook on every text encoder's token
+embedding replaces the fillers' embeddings with the attack's, row by row. Everything downstream,
+the pipeline's own prompt encoding included (two encoders and the pooled output on SDXL), is
+unchanged, so gradients reach the attack through the family's ordinary conditioning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from prompts import InputError
+
+FILLER = "a"  # one token in every CLIP vocabulary; its embedding is overwritten
+
+
+def text_encoders(pipe) -> list:
+    return [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
+
+
+def tokenizers(pipe) -> list:
+    return [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t is not None]
+
+
+class TokenSlots:
+    def __init__(self, pipe, k: int):
+        self.k = k
+        self.encoders = text_encoders(pipe)
+        self.tokenizers = tokenizers(pipe)
+        self.tokenizer = self.tokenizers[0]
+        vocab = {e.get_input_embeddings().weight.shape[0] for e in self.encoders}
+        if len(vocab) != 1:
+            raise InputError(f"the text encoders' vocabularies differ in size ({sorted(vocab)}); cannot attack")
+        self.vocab_size = vocab.pop()
+
+    def slotted(self, prompts: list[str]) -> list[str]:
+        """Prompts with the k fillers in front; checked to tokenise as [start, filler×k, prompt...]."""
+        out = [" ".join([FILLER] * self.k + [p]) for p in prompts]
+        for tokenizer in self.tokenizers:
+            filler = tokenizer(FILLER).input_ids[1]
+            for text in out:
+                ids = tokenizer(text).input_ids
+                if ids[1 : 1 + self.k] != [filler] * self.k:
+                    raise InputError(f"cannot place {self.k} attack tokens in front of {text!r}")
+        return out
+
+    def vocabulary(self) -> torch.Tensor:
+        """Token ids a found prompt may use: all but the tokenisers' special ones (start, end,
+        padding), which the text a user types cannot hold."""
+        special = {i for t in self.tokenizers for i in t.all_special_ids}
+        return torch.tensor([i for i in range(self.vocab_size) if i not in special])
+
+    def tables(self) -> list[torch.Tensor]:
+        """Each encoder's token-embedding table (vocab, width), frozen."""
+        return [e.get_input_embeddings().weight.detach() for e in self.encoders]
+
+    @contextlib.contextmanager
+    def filled(self, embeddings: list[torch.Tensor]) -> Iterator[None]:
+        """While open, every call of encoder i has its slot embeddings replaced by
+        ``embeddings[i]`` (rows, k, width): one row per prompt the encoder is called with."""
+
+        def fill(values):
+            def hook(module, args, output):
+                if output.shape[0] != values.shape[0]:
+                    raise RuntimeError(
+                        f"attack slots for {values.shape[0]} prompts, encoder called with {output.shape[0]}"
+                    )
+                return torch.cat([output[:, :1], values.to(output.dtype), output[:, 1 + self.k :]], dim=1)
+
+            return hook
+
+        handles = [
+            e.get_input_embeddings().register_forward_hook(fill(v))
+            for e, v in zip(self.encoders, embeddings, strict=True)
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def words(self, ids: list[int]) -> str:
+        """Token ids as the text a user would type (CLIP's decoder joins words with spaces)."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()

@@ -1,0 +1,234 @@
+"""`erase attack`: the token search, the slots it writes into, its bookkeeping and the command.
+
+Independent expectations: the simplex projection's optimality conditions (KKT), the text encoder
+itself (slots filled with a token's embedding must encode exactly like the typed token), the
+default model's own judge on a prompt where a known token ("three") brings the concept back,
+and `erase generate`'s images (the attack's "before" images are the evaluation's images).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from erase.cli import main
+from eval.attack import slots as slots_module
+from eval.attack.config import AttackConfig
+from eval.attack.report import attack_markdown
+from eval.attack.runner import Outcome, Target, _search, _summary, attack_timesteps, draw, judged
+from eval.attack.search import SEARCHES, project_to_simplex
+from eval.attack.slots import TokenSlots
+from eval.judges import DigitStyleJudge
+from pipelines.families import family_of
+from pipelines.loading import load_pipeline
+
+THREE = [{"class": "three"}]
+
+
+class _Bar:
+    def update(self, n):
+        pass
+
+
+@pytest.fixture(scope="module")
+def default_pipe():
+    pipe = load_pipeline("default", device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.unet, pipe.text_encoder):
+        module.requires_grad_(False)
+    return pipe
+
+
+def test_simplex_projection_meets_the_optimality_conditions():
+    """p = argmin ‖p − v‖² on the simplex iff p ≥ 0, Σp = 1 and v − p is one constant θ where
+    p > 0 and at least v where p = 0."""
+    generator = torch.Generator().manual_seed(0)
+    rows = [torch.randn(4, 50, generator=generator) * s for s in (0.001, 0.1, 3.0)]
+    rows.append(torch.full((2, 30), 1 / 30) + 0.01 * torch.sign(torch.randn(2, 30, generator=generator)))
+    for values in rows:
+        projected = project_to_simplex(values.double())
+        assert (projected >= 0).all()
+        torch.testing.assert_close(projected.sum(-1), torch.ones(len(values), dtype=torch.float64))
+        for v, p in zip(values.double(), projected, strict=True):
+            theta = (v - p)[p > 0]
+            assert theta.max() - theta.min() < 1e-9
+            assert (v[p == 0] <= theta.mean() + 1e-9).all()
+    assert torch.equal(
+        project_to_simplex(torch.tensor([[0.2, 0.8], [3.0, 0.0]])), torch.tensor([[0.2, 0.8], [1.0, 0.0]])
+    )
+
+
+def test_text_grad_draws_table_rows_and_passes_the_gradient_straight_through():
+    table = torch.randn(7, 3, generator=torch.Generator().manual_seed(1))
+    search = SEARCHES["text-grad"](2, 2, [table], torch.arange(7), 0.01, 0.1, torch.Generator().manual_seed(2))
+    rows = torch.arange(2)
+    (embedded,) = search.embeddings(rows)
+    drawn = torch.cdist(embedded.detach().reshape(-1, 3), table).argmin(-1)
+    torch.testing.assert_close(embedded.detach().reshape(-1, 3), table[drawn])
+    weight = torch.randn_like(embedded)
+    (embedded * weight).sum().backward()
+    expected = torch.nn.functional.hardtanh(weight @ table.T)  # d/d one-hot, clipped
+    torch.testing.assert_close(search.probs.grad, expected)
+
+
+def test_filled_slots_encode_exactly_like_typed_tokens(family_dir):
+    """The hook must put a token's embedding where the tokenizer would: encoding "three" typed in
+    front of a prompt and the slots filled with its embedding give the same conditioning, on
+    every family (SDXL: both encoders and the pooled output)."""
+    _, folder = family_dir
+    pipe = load_pipeline(folder, device="cpu")
+    family, slots = family_of(pipe), TokenSlots(pipe, 2)
+    words = ["three cat", "red dog"]
+    ids = [[t(w).input_ids[1:3] for w in words] for t in slots.tokenizers]
+    embeddings = [table[torch.tensor(i)] for table, i in zip(slots.tables(), ids, strict=True)]
+    with torch.no_grad(), slots.filled(embeddings):
+        ours = family.conditioning(pipe, slots.slotted(["a photo", "a house"]))
+    typed = family.encode(pipe, [f"{w} a photo" for w in words[:1]] + [f"{words[1]} a house"])
+    torch.testing.assert_close(ours.text, typed.text)
+    for key, tensor in typed.added.items():
+        torch.testing.assert_close(ours.added[key], tensor)
+
+
+@pytest.fixture(params=["sd1", "sd2", "sdxl"])
+def family_dir(request):
+    names = {"sd1": "tiny_pipeline_dir", "sd2": "tiny_sd2_dir", "sdxl": "tiny_sdxl_dir"}
+    return request.param, request.getfixturevalue(names[request.param])
+
+
+def _three_targets(pipe, config, seeds):
+    """Prompts without a digit, whose images the judge does not see as three, attacked towards
+    the base model's images of "three" on the same seeds."""
+    latents = draw(
+        pipe, seeds, config, output_type="latent", prompt=["a plain drawing of the digit three"] * len(seeds)
+    )
+    prompt = "a plain drawing of the digit"
+    images = draw(pipe, seeds, config, prompt=[prompt] * len(seeds))
+    _, seen = judged(DigitStyleJudge(), images, THREE)
+    assert not any(seen)  # the attack has something to do
+    return [Outcome(Target("c", prompt, s, latent), {}, False) for s, latent in zip(seeds, latents, strict=True)]
+
+
+def test_soft_prompt_brings_back_three_where_the_prompt_names_no_digit(default_pipe, tmp_path):
+    config = AttackConfig(runs=["x"], output="x", search="soft", tokens=1, timesteps=4, iterations=10, progress=False)
+    outcomes = _three_targets(default_pipe, config, [0, 1, 2, 3])
+    _search(default_pipe, family_of(default_pipe), outcomes, THREE, DigitStyleJudge(), config, tmp_path, _Bar())
+    assert sum(o.won_after for o in outcomes) >= 3, [o.after for o in outcomes]
+    assert all(o.found == "<1 soft tokens> a plain drawing of the digit" for o in outcomes)
+
+
+def test_text_grad_finds_the_known_token_among_candidates(default_pipe, tmp_path, monkeypatch):
+    """Over the digit and style words and a hundred other tokens, the discrete search must put
+    "three" in front of the prompt for some seed, and that typed prompt must draw a three."""
+    tok = default_pipe.tokenizer
+    words = "zero one two three four five six seven eight nine plain red inverted blueprint drawing digit".split()
+    candidates = [tok(w).input_ids[1] for w in words] + list(range(1000, 1100))
+    monkeypatch.setattr(slots_module.TokenSlots, "vocabulary", lambda self: torch.tensor(candidates))
+    config = AttackConfig(runs=["x"], output="x", tokens=1, timesteps=4, iterations=10, progress=False)
+    outcomes = _three_targets(default_pipe, config, [1, 3])
+    _search(default_pipe, family_of(default_pipe), outcomes, THREE, DigitStyleJudge(), config, tmp_path, _Bar())
+    won = [o for o in outcomes if o.won_after]
+    assert won and all(o.found == "three a plain drawing of the digit" for o in won), [
+        (o.found, o.after) for o in outcomes
+    ]
+    again = draw(default_pipe, [won[0].target.seed], config, prompt=[won[0].found])  # reproducible as typed
+    assert judged(DigitStyleJudge(), again, THREE)[1] == [True]
+
+
+def test_asr_bookkeeping_on_crafted_judge_outputs():
+    class Crafted:
+        image_size = None
+
+        def predict(self, images):
+            return {"class": ["three", "seven", "three"], "style": ["red", "red", "plain"]}
+
+    images = [Image.fromarray(np.zeros((4, 4, 3), np.uint8))] * 3
+    labels, seen = judged(Crafted(), images, [{"class": "three", "style": "red"}])
+    assert seen == [True, False, False] and labels[1] == {"class": "seven", "style": "red"}
+    assert judged(Crafted(), images, [{"class": "seven"}, {"style": "plain"}])[1] == [False, True, True]
+
+    targets = [Target(f"c{i}", f"p{i}", i) for i in range(4)]
+    outcomes = [
+        Outcome(targets[0], {"class": "three"}, True),  # seen before: no attack
+        Outcome(targets[1], {"class": "one"}, False, {"class": "three"}, True, "x p1", 30, 80),
+        Outcome(targets[2], {"class": "one"}, False, {"class": "two"}, False, "y p2", None, 120),
+        Outcome(targets[3], {"class": "one"}, False),
+    ]
+    summary = _summary("run", THREE, outcomes, 1.0)
+    assert (summary["asr_before"], summary["asr_after"], summary["attacks"]) == (0.25, 0.5, 4)
+    assert [r["success_after"] for r in summary["results"]] == [True, True, False, False]
+    text = attack_markdown({"settings": _crafted_settings(), "models": {"run": summary}})
+    assert "| run | class=three | 4 | 25.0% | 50.0% |" in text
+    assert "`x p1` (seed 1, at t = 30; was `p1`)" in text and "y p2" not in text
+
+
+def _crafted_settings() -> dict:
+    return dict(search="text-grad", tokens=3, iterations=40, timesteps=50, judge="digit-style", images_per_prompt=2) | {
+        "prompts": "default/digits"
+    }
+
+
+def test_attack_timesteps_follow_the_paper():
+    assert attack_timesteps(1000, 50)[:3] == [10, 30, 50] and attack_timesteps(1000, 50)[-1] == 990
+    assert attack_timesteps(1000, 1) == [500] and attack_timesteps(10, 50) == list(range(10))
+
+
+@pytest.mark.slow
+def test_attack_command_writes_its_report_and_draws_the_evaluation_images(tmp_path):
+    """The whole command on the default model with a tiny budget: the base and an untrained copy
+    (`--erased` says what it erased), ASR before and after, images, report; the "before"
+    images are `erase generate`'s images of the same prompt and seed."""
+    out = tmp_path / "attack"
+    args = ["attack", "default", "--erased", "class=three", "--base", "default", "--output", str(out)]
+    args += ["--timesteps", "1", "--iterations", "2", "--images-per-prompt", "1", "--no-progress"]
+    assert main(args) == 0
+    result = json.loads((out / "attack.json").read_text())
+    assert set(result["models"]) == {"base", "default"}
+    base = result["models"]["base"]
+    assert base["attacks"] == 4 and base["asr_before"] >= 0.75  # the base draws threes
+    assert "| base | class=three | 4 |" in (out / "report.md").read_text()
+    first = base["results"][0]
+    csv = tmp_path / "one.csv"
+    csv.write_text(f"case_number,prompt,evaluation_seed\n0,{first['prompt']},{first['seed']}\n")
+    assert main(["generate", "--prompts", str(csv), "--output", str(tmp_path / "gen"), "--images-per-prompt", "1"]) == 0
+    drawn = next((tmp_path / "gen").glob("*.png"))
+    before = out / "images" / "base" / f"{first['case']}_{first['seed']}_before.png"
+    assert np.array_equal(np.asarray(Image.open(drawn)), np.asarray(Image.open(before)))
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--tokens", "0"], "--tokens must be at least 1"),
+        (["--erased", "class=dragon"], "has no such class"),
+        ([], "none of the run's forget prompts"),  # a model that erased nothing, no --erased
+        (["--erased", "style=red", "--judge", "transformers"], "--judge transformers needs --classifier"),
+    ],
+)
+def test_bad_attack_input_is_one_line_and_writes_nothing(extra, needle, tmp_path, capsys):
+    out = tmp_path / "attack"
+    assert main(["attack", "default", "--base", "default", "--output", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_a_judge_that_cannot_see_the_concept_is_refused(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(DigitStyleJudge, "label_names", lambda self, axis: [])
+    out = tmp_path / "attack"
+    assert main(["attack", "default", "--base", "default", "--erased", "class=three", "--output", str(out)]) == 2
+    assert "cannot recognise class=three" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_attack_folder_refuses_files_it_did_not_write(tmp_path, capsys):
+    out = tmp_path / "attack"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["attack", "default", "--base", "default", "--erased", "class=three", "--output", str(out)]) == 2
+    assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert Path(out).is_dir()
