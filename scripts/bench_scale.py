@@ -132,9 +132,20 @@ def _config(spec: dict, device: str, output: Path, **overrides):
     return TrainConfig(**(settings | overrides))
 
 
+def _step_run(spec: dict, device: str, pipe, tmp: Path, **overrides):
+    """A set-up run for timing single steps: a one-latent bank, no checkpoints, no end."""
+    from erase.loop import ErasureRun
+
+    settings = dict(steps=10**6, batch_size=spec["batch"], bank_size=1, bank_steps=2, checkpoint_every=10**6)
+    run = ErasureRun(_config(spec, device, tmp / "run", **(settings | overrides)), pipe)
+    run.check_inputs()
+    run.setup()
+    return run
+
+
 def step_table(spec: dict) -> list[dict]:
     """One group: every method's steps on one run, interleaved (the order rotates each round)."""
-    from erase.loop import ErasureRun, balancer_for
+    from erase.loop import balancer_for
 
     pipe, device = _pipeline(spec)
     unet_gib = sum(p.numel() * p.element_size() for p in pipe.unet.parameters()) / GIB
@@ -142,19 +153,8 @@ def step_table(spec: dict) -> list[dict]:
     methods = spec["methods"]
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["ERASE_CACHE_DIR"] = tmp
-        config = _config(
-            spec,
-            device,
-            Path(tmp) / "run",
-            steps=10**6,
-            batch_size=spec["batch"],
-            bank_size=1,
-            bank_steps=2,
-            checkpoint_every=10**6,
-        )
-        run = ErasureRun(config, pipe)
-        run.check_inputs()
-        run.setup()
+        run = _step_run(spec, device, pipe, Path(tmp))
+        config = run.config
         balancers = {m: balancer_for(replace(config, method=m)) for m in methods}
         times = {m: [] for m in methods}
         peaks = {m: 0.0 for m in methods}
@@ -193,27 +193,12 @@ def profile_step(spec: dict) -> list[dict]:
     """Where one method's step spends its time: wall against kernel time, UNet calls, host hot spots."""
     from torch.profiler import ProfilerActivity, profile
 
-    from erase.loop import ErasureRun
-
     pipe, device = _pipeline(spec)
     calls = []
     pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1))
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["ERASE_CACHE_DIR"] = tmp
-        config = _config(
-            spec,
-            device,
-            Path(tmp) / "run",
-            method=spec["method"],
-            steps=10**6,
-            batch_size=spec["batch"],
-            bank_size=1,
-            bank_steps=2,
-            checkpoint_every=10**6,
-        )
-        run = ErasureRun(config, pipe)
-        run.check_inputs()
-        run.setup()
+        run = _step_run(spec, device, pipe, Path(tmp), method=spec["method"])
         for _ in range(3):  # kernels chosen, Adam state allocated, λ calibrated
             run.train_step()
         sync(device)

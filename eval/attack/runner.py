@@ -227,15 +227,14 @@ def _run_attack(config: AttackConfig) -> dict:
     models += [(run.name, run.model, describe(found.erased[run.name]), run) for run in found.runs]
 
     load = dict(dtype=config.dtype, device=config.device, allow_pickle=config.allow_pickle)
-    pipe = load_pipeline(found.base, config=found.base_config, **load)
-    pipe.set_progress_bar_config(disable=True)
+    base_pipe = load_pipeline(found.base, config=found.base_config, **load)
+    base_pipe.set_progress_bar_config(disable=True)
     for planned in targets.values():  # the base model's latents are every model's targets
         latents = draw(
-            pipe, [t.seed for t in planned], config, output_type="latent", prompt=[t.prompt for t in planned]
+            base_pipe, [t.seed for t in planned], config, output_type="latent", prompt=[t.prompt for t in planned]
         )
         for target, latent in zip(planned, latents, strict=True):
             target.latent = latent.detach().cpu()
-    del pipe
 
     folder.claim(ATTACK_NAMES)
     result = {"settings": _settings(config, found), "models": {}}
@@ -244,10 +243,14 @@ def _run_attack(config: AttackConfig) -> dict:
     )
     for name, spec, key, run in models:
         start = time.perf_counter()
-        if run is not None and run.on_base:
+        if run is None:  # the base entries come first: the pipeline that drew the targets
+            pipe = base_pipe
+        elif run.on_base:
+            base_pipe = None
             pipe, _ = with_partial_weights(run, found.base, found.base_config, config, config.device, config.dtype)
         else:
-            pipe = load_pipeline(spec, config=found.base_config if run is None else config.model_config, **load)
+            base_pipe = None
+            pipe = load_pipeline(spec, config=config.model_config, **load)
         pipe.set_progress_bar_config(disable=True)
         outcomes = attack_model(
             pipe, targets[key], groups[key], found.judge, config, output / "images" / safe_name(name), bar
