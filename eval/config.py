@@ -98,6 +98,13 @@ class EvalConfig(JudgedModels):
         default=None, metadata={"help": "Inception-v3 weights as .safetensors, for --fid-features inception"}
     )
     real_images: str | None = field(default=None, metadata={"help": "folder of real images: adds FID vs real"})
+    attack: str | None = field(
+        default=None,
+        metadata={
+            "help": "an `erase attack` folder of the same base model: its ASR before and after the attack, per "
+            "model, goes into the report and metrics.json"
+        },
+    )
     seeding: Literal["per-image", "esd"] = field(default="per-image", metadata={"help": SEEDING_HELP})
     batch_size: int = field(default=40, metadata={"help": "images per pipeline call"})
     overwrite: bool = field(default=False, metadata={"help": "regenerate images made with other settings"})

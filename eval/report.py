@@ -94,6 +94,9 @@ def report_blocks(result: dict, models, runs, output: Path) -> list[Block]:
     if (scatter := _scatter(result, figures / "ua_vs_utility.png")) is not None:
         blocks.append(Figure(rel(scatter), "UA against retained accuracy"))
 
+    if "attack" in result:
+        blocks += _attack_blocks(result)
+
     blocks += [
         Heading("Images"),
         Text("Each grid: the base model (top row) and the erased model (bottom row), same prompts and seeds."),
@@ -115,6 +118,29 @@ def report_blocks(result: dict, models, runs, output: Path) -> list[Block]:
     if not drawn:
         blocks.append(Text("No training log in the evaluated folders."))
     return blocks
+
+
+def _attack_blocks(result: dict) -> list[Block]:
+    """ASR before and after `erase attack`, per model it attacked, from the folder given."""
+    attack = result["attack"]
+    s = attack["settings"]
+    rows = [
+        [name, describe(m["erased"]), str(m["attacks"]), f"{m['asr_before']:.1%}", f"{m['asr_after']:.1%}"]
+        for name, m in attack["models"].items()
+    ]
+    missing = [name for name in result["runs"] if name not in attack["models"]]
+    text = (
+        f"From `{attack['folder']}`: `{s['search']}` attack, {s['tokens']} tokens, {s['iterations']} iterations at "
+        f"each of {s['timesteps']} timesteps, judged by `{s['judge']}`. ASR is the share of the concept's images "
+        "in which the judge sees it: before, the model's own image; after, counting images the attack won."
+    )
+    if missing:
+        text += f" Not attacked: {', '.join(missing)}."
+    return [
+        Heading("Adversarial prompts"),
+        Text(text),
+        Table(["model", "erased", "attacks", "ASR before", "ASR after"], rows),
+    ]
 
 
 def _first_image_rows(model, rows: list[int], limit: int = 10) -> list[int]:

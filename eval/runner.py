@@ -156,12 +156,17 @@ def _evaluate(config: EvalConfig) -> Evaluation:
     report.check_claimable(REPORT_NAMES)
     inputs = {"--prompts": config.prompts, "--forget": config.forget, "--base": config.base}
     inputs |= {"--classifier": config.classifier, "--clip-weights": config.clip_weights}
-    inputs |= {"--fid-weights": config.fid_weights, "--real-images": config.real_images}
+    inputs |= {"--fid-weights": config.fid_weights, "--real-images": config.real_images, "--attack": config.attack}
     check_outside(output, inputs | {f"run {spec}": spec for spec in config.runs})
     found = models_under_test(config)
     runs, base, base_config, prompts, judge = found.runs, found.base, found.base_config, found.prompts, found.judge
     erased, clip, judge_name = found.erased, found.clip, found.judge_name
     real = _real_images(config.real_images)
+    attack = None
+    if config.attack:
+        from eval.attack.report import read_attack_summary
+
+        attack = read_attack_summary(config.attack, base)
     if config.fid_features == "inception":
         from eval.inception import load_inception
 
@@ -246,6 +251,8 @@ def _evaluate(config: EvalConfig) -> Evaluation:
             "train_log": str(run.log) if run.log else None,
         }
     result["metrics_seconds"] = round(time.perf_counter() - start, 1)
+    if attack is not None:
+        result["attack"] = attack
     rate = generated / seconds if generated and seconds > 0 else None
     result["generation"] = {"images_generated": generated, "seconds": round(seconds, 1), "images_per_second": rate}
 

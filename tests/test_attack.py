@@ -232,3 +232,21 @@ def test_attack_folder_refuses_files_it_did_not_write(tmp_path, capsys):
     assert main(["attack", "default", "--base", "default", "--erased", "class=three", "--output", str(out)]) == 2
     assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert Path(out).is_dir()
+
+
+@pytest.mark.slow
+def test_eval_puts_the_attack_table_into_its_report(tmp_path, capsys):
+    attack = tmp_path / "attack"
+    args = ["attack", "default", "--erased", "class=three", "--base", "default", "--output", str(attack)]
+    assert main(args + ["--timesteps", "1", "--iterations", "1", "--images-per-prompt", "1", "--no-progress"]) == 0
+    report = tmp_path / "report"
+    evaluate = ["eval", "default", "--base", "default", "--erased", "class=three", "--images-per-prompt", "1"]
+    evaluate += ["--steps", "2", "--no-progress", "--output", str(report)]
+    assert main([*evaluate, "--attack", str(tmp_path)]) == 2  # not an attack folder: refused before drawing
+    assert "is not an `erase attack` folder" in capsys.readouterr().err and not report.exists()
+    assert main([*evaluate, "--attack", str(attack)]) == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    summary = json.loads((attack / "attack.json").read_text())["models"]["base"]
+    assert metrics["attack"]["models"]["base"]["asr_after"] == summary["asr_after"]
+    text = (report / "report.md").read_text()
+    assert "## Adversarial prompts" in text and f"| base | class=three | 4 | {summary['asr_before']:.1%} |" in text

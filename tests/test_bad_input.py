@@ -168,6 +168,7 @@ CASES = [
     ("eval-clip-weights-missing", EVAL + ["--clip-weights", "{bad}/gone.safetensors"], "does not exist"),
     ("eval-clip-weights-pickle", EVAL + ["--clip-weights", "{bad}/model.ckpt"], "pickle"),
     ("eval-judge-unknown", EVAL + ["--judge", "oracle"], "invalid choice: 'oracle'"),
+    ("eval-attack-not-an-attack", EVAL + ["--attack", "{bad}"], "is not an `erase attack` folder"),
     # erase prompts
     ("prompts-unknown-list", ["prompts", "default/nothing"], "no such file or shipped list"),
     # values that used to end in a traceback (exit 1)

@@ -3,10 +3,14 @@ report.md (ASR before and after per model, and the prompts that brought the conc
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from eval.concepts import describe
 from pipelines.files import write_json_atomic, write_text_atomic
+from pipelines.lock import MARKER_NAME
+from pipelines.ownership import read_marker
+from prompts import InputError
 
 FOUND_SHOWN = 10  # found prompts listed per model in report.md (attack.json has all)
 
@@ -45,3 +49,28 @@ def attack_markdown(result: dict) -> str:
         if len(won) > FOUND_SHOWN:
             lines.append(f"- … {len(won) - FOUND_SHOWN} more in attack.json")
     return "\n".join(lines) + "\n"
+
+
+def read_attack_summary(folder: str | Path, base: str) -> dict:
+    """What `erase eval --attack FOLDER` puts into its report: the attack's settings and, per
+    model, ASR before and after (every attack stays in the folder's attack.json). Refused in
+    one line when the folder is not a finished `erase attack` of the same base model."""
+    path = Path(folder)
+    ours = path.is_dir() and (path / MARKER_NAME).is_file() and read_marker(path)["kind"] == "attack"
+    try:
+        result = json.loads((path / "attack.json").read_text(encoding="utf-8")) if ours else {}
+        settings, models = result["settings"], result["models"]
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = False
+    if not ours:
+        raise InputError(
+            f"--attack {folder} is not an `erase attack` folder (no attack.json of ours); run `erase attack` first"
+        )
+    if settings["base"] != base:
+        raise InputError(f"--attack {folder} attacked base {settings['base']!r}, this evaluation's base is {base!r}")
+    keep = ("erased", "attacks", "asr_before", "asr_after")
+    return {
+        "folder": str(path),
+        "settings": settings,
+        "models": {n: {k: m[k] for k in keep} for n, m in models.items()},
+    }
