@@ -250,3 +250,42 @@ def test_eval_puts_the_attack_table_into_its_report(tmp_path, capsys):
     assert metrics["attack"]["models"]["base"]["asr_after"] == summary["asr_after"]
     text = (report / "report.md").read_text()
     assert "## Adversarial prompts" in text and f"| base | class=three | 4 | {summary['asr_before']:.1%} |" in text
+
+
+def test_inversion_learns_one_embedding_that_recovers_three_across_seeds(default_pipe, tmp_path):
+    """The recovery probe: one embedding shared by every image (textual inversion), learned from
+    all of them; its result is what the final embedding recovers, image by image."""
+    config = AttackConfig(runs=["x"], output="x", search="inversion", tokens=1, timesteps=4, iterations=10)
+    config.progress = False
+    outcomes = _three_targets(default_pipe, config, [0, 1, 2, 3])
+    _search(default_pipe, family_of(default_pipe), outcomes, THREE, DigitStyleJudge(), config, tmp_path, _Bar())
+    assert sum(o.won_after for o in outcomes) >= 3, [o.after for o in outcomes]
+    assert {o.iterations for o in outcomes} == {outcomes[0].iterations}  # learned together, judged together
+    search = SEARCHES["inversion"](4, 2, [torch.randn(9, 3)], torch.arange(9), 0.01, 0.0, torch.Generator())
+    (shared,) = search.embeddings(torch.arange(4))
+    assert shared.shape == (4, 2, 3) and torch.equal(shared[0], shared[3])
+
+
+def test_inversion_reports_what_its_final_embedding_recovers(default_pipe, tmp_path, monkeypatch):
+    """Scripted judge: image 0 recovered at the first check and lost at the second, image 1 the
+    reverse. The probe keeps learning on both and reports the last check (0 lost, 1 won); the
+    per-image soft attack keeps the first win and stops attacking that image."""
+    from eval.attack import runner
+
+    def scripted(checks):
+        answers = iter(checks)
+        return lambda judge, images, concepts: ([{"class": "x"}] * len(images), next(answers)[: len(images)])
+
+    seeds = [0, 1]
+    latents = draw(default_pipe, seeds, AttackConfig(runs=["x"], output="x"), output_type="latent", prompt=["a"] * 2)
+    cases = [
+        ("inversion", [[True, False], [False, True]], [False, True], [2, 2]),
+        ("soft", [[True, False], [True]], [True, True], [1, 2]),  # image 0 no longer drawn after its win
+    ]
+    for search, checks, expected, iterations in cases:
+        monkeypatch.setattr(runner, "judged", scripted(checks))
+        config = AttackConfig(runs=["x"], output="x", search=search, tokens=1, timesteps=2, iterations=1)
+        outcomes = [Outcome(Target("c", "a", s, latent), {}, False) for s, latent in zip(seeds, latents, strict=True)]
+        runner._search(default_pipe, family_of(default_pipe), outcomes, THREE, None, config, tmp_path, _Bar())
+        assert [o.won_after for o in outcomes] == expected, search
+        assert [o.iterations for o in outcomes] == iterations, search

@@ -22,11 +22,13 @@ class AttackConfig(JudgedModels):
     output: str = field(
         metadata={"help": "attack folder: attack.json, report.md and images/ (each model's images before and after)"}
     )
-    search: Literal["text-grad", "soft"] = field(
+    search: Literal["text-grad", "soft", "inversion"] = field(
         default="text-grad",
         metadata={
             "help": "text-grad: discrete tokens found through gradients (UnlearnDiffAtk), a prompt a user can type; "
-            "soft: free embeddings, no prompt exists for them (an upper bound on any k-token prompt)"
+            "soft: free embeddings per image, no prompt exists for them (an upper bound on any k-token prompt); "
+            "inversion: the recovery probe, one set of embeddings learned from all the concept's images at once "
+            "(textual inversion): its 'after' is the share of images the final embedding recovers"
         },
     )
     tokens: int = field(default=3, metadata={"help": "adversarial tokens put in front of each prompt (paper: 3)"})

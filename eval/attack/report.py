@@ -29,7 +29,13 @@ def attack_markdown(result: dict) -> str:
         f"{s['iterations']} iterations at each of {s['timesteps']} timesteps, judged by `{s['judge']}` after each "
         f"timestep; {s['images_per_prompt']} seeds per prompt of `{s['prompts']}` that shows the erased concept. "
         "ASR is the share of those images the judge sees the concept in: before is the model's own image of the "
-        "prompt, after counts an image won by the attack too.",
+        "prompt, after counts an image won by the attack too."
+        + (
+            " `inversion` is the recovery probe: one embedding learned from all the concept's images; after is "
+            "the share its final value recovers."
+            if s["search"] == "inversion"
+            else ""
+        ),
         "",
         "| model | erased | attacks | ASR before | ASR after | seconds |",
         "|---|---|---|---|---|---|",

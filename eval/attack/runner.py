@@ -170,9 +170,14 @@ def _search(pipe, family, outcomes: list[Outcome], concepts, judge, config: Atta
             outcome = outcomes[row]
             outcome.after, outcome.found, outcome.iterations = lab, text, outcome.iterations + config.iterations
             image.save(images / f"{_stem(outcome.target)}_after.png")
-            if ok:
+            if search.universal:  # what the shared embedding recovers now, not what it once did
+                outcome.won_after, outcome.timestep = ok, t if ok else None
+            elif ok:
                 outcome.won_after, outcome.timestep = True, t
-        active = active[~torch.tensor(won, dtype=torch.bool)]
+        if not search.universal:
+            active = active[~torch.tensor(won, dtype=torch.bool)]
+        elif all(won):  # every image recovered: learning further changes nothing reported
+            active = active[:0]
         bar.update(1)
 
 
@@ -189,7 +194,7 @@ def _draw_found(pipe, family, slots: TokenSlots, search, active, outcomes, confi
         return draw(pipe, seeds, config, prompt=texts), texts
     with torch.no_grad(), slots.filled(search.found(active)):
         cond = family.conditioning(pipe, slots.slotted(originals))
-    texts = [f"<{config.tokens} soft tokens> {p}" for p in originals]
+    texts = [f"<{config.tokens} {search.name} tokens> {p}" for p in originals]
     return draw(pipe, seeds, config, **family.pipeline_inputs(cond)), texts
 
 

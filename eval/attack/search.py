@@ -7,6 +7,10 @@
   a user can type.
 - ``soft``: free embeddings per slot and text encoder: no vocabulary constraint, so no prompt a
   user could type; its success rate bounds what any k-token prompt can do (an upper bound).
+- ``inversion``: the recovery probe (textual inversion, as in "Circumventing Concept Erasure"):
+  one set of free embeddings shared by every image of the concept, learned from all of them at
+  once. What it recovers is knowledge the weights still hold about the concept in general, not a
+  trick fitted to one image.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class TokenSearch(ABC):
 
     name: str
     typed = True  # whether the found slots are tokens a user can type
+    universal = False  # one set of slots shared by every row (learned from all rows at once)
 
     def __init__(self, rows, k, tables: list[torch.Tensor], vocabulary: torch.Tensor, lr, weight_decay, generator):
         """``tables``: each text encoder's token embeddings; ``vocabulary``: the token ids a
@@ -132,3 +137,17 @@ class SoftPrompt(TokenSearch):
 
     def found(self, rows):
         return [v[rows].detach() for v in self.values]
+
+
+@register_search("inversion")
+class Inversion(SoftPrompt):
+    universal = True
+
+    def __init__(self, rows, k, tables, vocabulary, lr, weight_decay, generator):
+        super().__init__(1, k, tables, vocabulary, lr, weight_decay, generator)
+
+    def embeddings(self, rows):
+        return [v.expand(len(rows), -1, -1) for v in self.values]
+
+    def found(self, rows):
+        return [v.detach().expand(len(rows), -1, -1) for v in self.values]
