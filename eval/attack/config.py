@@ -46,13 +46,20 @@ class AttackConfig(JudgedModels):
         default=2,
         metadata={"help": "attacks per prompt showing the erased concept, each on its own seed (the eval's seeds)"},
     )
+    batch_size: int = field(
+        default=8,
+        metadata={
+            "help": "images attacked together: one UNet forward and backward over this many per iteration (memory); "
+            "--search inversion learns one embedding per batch"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed of the attack's noise and token draws"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.search not in SEARCHES:
             raise InputError(f"--search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
-        for name in ("tokens", "timesteps", "iterations"):
+        for name in ("tokens", "timesteps", "iterations", "batch_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.tokens > 20:

@@ -131,11 +131,14 @@ def attack_model(
     for outcome, image in zip(outcomes, before, strict=True):
         image.save(images / f"{_stem(outcome.target)}_before.png")
     open_rows = [o for o in outcomes if not o.won_before]
-    if open_rows:
-        _search(pipe, family, open_rows, concepts, judge, config, images, bar)
-    else:
-        bar.update(config.timesteps)
+    for first in range(0, len(open_rows), config.batch_size):  # a batch's images are attacked together
+        _search(pipe, family, open_rows[first : first + config.batch_size], concepts, judge, config, images, bar)
+    bar.update(config.timesteps * (_batches(len(targets), config) - _batches(len(open_rows), config)))
     return outcomes
+
+
+def _batches(count: int, config: AttackConfig) -> int:
+    return -(-count // config.batch_size)
 
 
 def _search(pipe, family, outcomes: list[Outcome], concepts, judge, config: AttackConfig, images: Path, bar) -> None:
@@ -244,7 +247,10 @@ def _run_attack(config: AttackConfig) -> dict:
     folder.claim(ATTACK_NAMES)
     result = {"settings": _settings(config, found), "models": {}}
     bar = progress(
-        len(models) * config.timesteps, f"attack ({config.search})", unit="timestep", enabled=config.progress
+        sum(_batches(len(targets[key]), config) for _, _, key, _ in models) * config.timesteps,
+        f"attack ({config.search})",
+        unit="timestep",
+        enabled=config.progress,
     )
     for name, spec, key, run in models:
         start = time.perf_counter()
