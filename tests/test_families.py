@@ -93,8 +93,8 @@ def test_conditioning_rows_join_and_expand():
 
 @pytest.mark.parametrize("name", ["sd2", "sdxl"])
 def test_every_command_end_to_end(name, request, write, tmp_path, no_network):
-    """generate (native size) → train (xattn changes only attn2) → export ×3 → apply → eval, by
-    the CLI, with no network; the applied delta and both exports give the run's weights back."""
+    """generate (native size) → train (xattn changes only attn2) → export ×3 → apply → eval →
+    attack, by the CLI, with no network; the applied delta and both exports give the run's weights back."""
     folder = request.getfixturevalue(FOLDERS[name])
     prompts = write(
         "p.csv",
@@ -137,6 +137,13 @@ def test_every_command_end_to_end(name, request, write, tmp_path, no_network):
     evaluate = ["eval", str(run), "--prompts", str(prompts), "--judge", "digit-style", "--output", str(report)]
     assert main([*evaluate, "--images-per-prompt", "1", "--steps", "2", *quick]) == 0
     assert (report / "report.md").is_file()
+    for search in ("text-grad", "soft"):  # typed tokens drawn as text; embeddings through the pipeline's inputs
+        attack = tmp_path / f"attack-{search}"
+        argv = ["attack", str(run), "--prompts", str(prompts), "--judge", "digit-style", "--output", str(attack)]
+        argv += ["--search", search, "--timesteps", "1", "--iterations", "1", "--images-per-prompt", "1"]
+        assert main([*argv, "--steps", "2", *quick]) == 0
+        models = json.loads((attack / "attack.json").read_text())["models"]
+        assert set(models) == {"base", "run"} and models["run"]["attacks"] == 1
     assert no_network == []
 
 

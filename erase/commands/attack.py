@@ -10,9 +10,11 @@ without an attack; after: with the attack. The base model is attacked too, as th
 
     erase attack runs/three --output attacks/three
     erase attack runs/three runs/three-weighted --output attacks/compare --search soft
+    erase attack runs/three --output probes/three --search inversion --tokens 1    # recovery probe
 
 Writes attack.json (every attack, with the prompt found), report.md and images/ (each model's
-image before and after the attack). The defaults are the paper's; an attack that never succeeds
+image before and after the attack); `erase eval ... --attack FOLDER` puts the table into the
+evaluation report. The defaults are the paper's; an attack that never succeeds
 runs all 50 × 40 iterations, so --timesteps is the knob for a quicker, weaker look.
 """
 
