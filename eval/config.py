@@ -78,6 +78,12 @@ class JudgedModels:
             self.erased_concepts()
         resolve_device(self.device)
 
+    def input_paths(self) -> dict[str, str | None]:
+        """Every input path, named by its option: --output must neither be inside one nor hold one."""
+        paths = {"--prompts": self.prompts, "--forget": self.forget, "--base": self.base}
+        paths |= {"--classifier": self.classifier, "--clip-weights": self.clip_weights}
+        return paths | {f"run {spec}": spec for spec in self.runs}
+
     def clip_architecture(self) -> str:
         return "ViT-B-32" if self.clip_model == "auto" else self.clip_model
 
@@ -108,6 +114,10 @@ class EvalConfig(JudgedModels):
     seeding: Literal["per-image", "esd"] = field(default="per-image", metadata={"help": SEEDING_HELP})
     batch_size: int = field(default=40, metadata={"help": "images per pipeline call"})
     overwrite: bool = field(default=False, metadata={"help": "regenerate images made with other settings"})
+
+    def input_paths(self) -> dict[str, str | None]:
+        extra = {"--fid-weights": self.fid_weights, "--real-images": self.real_images, "--attack": self.attack}
+        return super().input_paths() | extra
 
     def __post_init__(self) -> None:
         super().__post_init__()

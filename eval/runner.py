@@ -154,10 +154,7 @@ def _evaluate(config: EvalConfig) -> Evaluation:
     output = Path(config.output)
     report = OwnedFolder.inspect(output, "report")
     report.check_claimable(REPORT_NAMES)
-    inputs = {"--prompts": config.prompts, "--forget": config.forget, "--base": config.base}
-    inputs |= {"--classifier": config.classifier, "--clip-weights": config.clip_weights}
-    inputs |= {"--fid-weights": config.fid_weights, "--real-images": config.real_images, "--attack": config.attack}
-    check_outside(output, inputs | {f"run {spec}": spec for spec in config.runs})
+    check_outside(output, config.input_paths())
     found = models_under_test(config)
     runs, base, base_config, prompts, judge = found.runs, found.base, found.base_config, found.prompts, found.judge
     erased, clip, judge_name = found.erased, found.clip, found.judge_name

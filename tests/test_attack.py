@@ -289,3 +289,16 @@ def test_inversion_reports_what_its_final_embedding_recovers(default_pipe, tmp_p
         runner._search(default_pipe, family_of(default_pipe), outcomes, THREE, None, config, tmp_path, _Bar())
         assert [o.won_after for o in outcomes] == expected, search
         assert [o.iterations for o in outcomes] == iterations, search
+
+
+def test_a_run_inside_the_attack_folder_is_refused(tmp_path, capsys):
+    """Like eval: an input run that lives inside --output is refused before anything is read."""
+    from pipelines.ownership import OwnedFolder
+
+    out = tmp_path / "attack"
+    OwnedFolder.inspect(out, "attack").claim(["attack.json"])  # an attack folder of ours
+    (out / "myrun").mkdir()
+    argv = ["attack", str(out / "myrun"), "--base", "default", "--erased", "class=three", "--output", str(out)]
+    assert main(argv) == 2
+    assert "lies inside --output" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [".concept-erase.json", "myrun"]

@@ -217,8 +217,7 @@ def _run_attack(config: AttackConfig) -> dict:
     output = Path(config.output)
     folder = OwnedFolder.inspect(output, "attack")
     folder.check_claimable(ATTACK_NAMES)
-    inputs = {"--prompts": config.prompts, "--forget": config.forget, "--base": config.base}
-    check_outside(output, inputs | {"--classifier": config.classifier, "--clip-weights": config.clip_weights})
+    check_outside(output, config.input_paths())  # runs included: an attack is never written into one
     found = models_under_test(config)
     for concepts in found.erased.values():
         _check_judge_sees(found.judge, found.judge_name, concepts)
