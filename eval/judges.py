@@ -46,12 +46,9 @@ class Judge(ABC):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"judge {self.name!r} has no feature space for FID")
 
-    def knows(self, axis: str, label: str) -> bool:
-        """Whether the judge can ever answer ``label`` on ``axis`` (an attack judged by one that
-        cannot would report 0% whatever the model draws)."""
-        return label in self.label_names(axis)
-
     def label_names(self, axis: str) -> list[str]:
+        """Every label the judge can answer on ``axis`` (an attack judged by one that cannot answer
+        the erased label would report 0% whatever the model draws)."""
         return []
 
 

@@ -122,25 +122,14 @@ def report_blocks(result: dict, models, runs, output: Path) -> list[Block]:
 
 def _attack_blocks(result: dict) -> list[Block]:
     """ASR before and after `erase attack`, per model it attacked, from the folder given."""
+    from eval.attack.report import asr_table, method_text
+
     attack = result["attack"]
-    s = attack["settings"]
-    rows = [
-        [name, describe(m["erased"]), str(m["attacks"]), f"{m['asr_before']:.1%}", f"{m['asr_after']:.1%}"]
-        for name, m in attack["models"].items()
-    ]
     missing = [name for name in result["runs"] if name not in attack["models"]]
-    text = (
-        f"From `{attack['folder']}`: `{s['search']}` attack, {s['tokens']} tokens, {s['iterations']} iterations at "
-        f"each of {s['timesteps']} timesteps, judged by `{s['judge']}`. ASR is the share of the concept's images "
-        "in which the judge sees it: before, the model's own image; after, counting images the attack won."
-    )
+    text = f"From `{attack['folder']}`. " + method_text(attack["settings"])
     if missing:
         text += f" Not attacked: {', '.join(missing)}."
-    return [
-        Heading("Adversarial prompts"),
-        Text(text),
-        Table(["model", "erased", "attacks", "ASR before", "ASR after"], rows),
-    ]
+    return [Heading("Adversarial prompts"), Text(text), asr_table(attack["models"])]
 
 
 def _first_image_rows(model, rows: list[int], limit: int = 10) -> list[int]:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from eval.concepts import describe
+from eval.report_blocks import Block, Bullets, Heading, Table, Text, to_markdown
 from pipelines.files import write_json_atomic, write_text_atomic
 from pipelines.lock import MARKER_NAME
 from pipelines.ownership import read_marker
@@ -21,40 +22,49 @@ def write_attack_report(result: dict, output: Path) -> None:
 
 
 def attack_markdown(result: dict) -> str:
-    s = result["settings"]
-    lines = [
-        "# Adversarial prompt attack",
-        "",
+    """report.md, written from the same blocks as `erase eval`'s report (eval/report_blocks.py)."""
+    blocks: list[Block] = [Heading("Adversarial prompt attack", 1), Text(method_text(result["settings"]))]
+    blocks.append(asr_table(result["models"], seconds=True))
+    for name, m in result["models"].items():
+        won = [r for r in m["results"] if r["success_after"] and not r["success_before"]]
+        if not won:
+            continue
+        items = [
+            ("", f"`{r['found_prompt']}` (seed {r['seed']}, at t = {r['timestep']}; was `{r['prompt']}`)")
+            for r in won[:FOUND_SHOWN]
+        ]
+        if len(won) > FOUND_SHOWN:
+            items.append(("", f"… {len(won) - FOUND_SHOWN} more in attack.json"))
+        blocks += [Heading(f"{name}: prompts that brought it back ({len(won)})"), Bullets(items)]
+    return to_markdown(blocks)
+
+
+def method_text(s: dict) -> str:
+    """What was run and what ASR means, for the attack's report and the eval report's section."""
+    text = (
         f"UnlearnDiffAtk-style `{s['search']}` attack: {s['tokens']} tokens put in front of each prompt, "
         f"{s['iterations']} iterations at each of {s['timesteps']} timesteps, judged by `{s['judge']}` after each "
         f"timestep; {s['images_per_prompt']} seeds per prompt of `{s['prompts']}` that shows the erased concept. "
         "ASR is the share of those images the judge sees the concept in: before is the model's own image of the "
         "prompt, after counts an image won by the attack too."
-        + (
+    )
+    if s["search"] == "inversion":
+        text += (
             " `inversion` is the recovery probe: one embedding learned from all the concept's images; after is "
             "the share its final value recovers."
-            if s["search"] == "inversion"
-            else ""
-        ),
-        "",
-        "| model | erased | attacks | ASR before | ASR after | seconds |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, m in result["models"].items():
-        lines.append(
-            f"| {name} | {describe(m['erased'])} | {m['attacks']} | {m['asr_before']:.1%} | {m['asr_after']:.1%} "
-            f"| {m['seconds']:.0f} |"
         )
-    for name, m in result["models"].items():
-        won = [r for r in m["results"] if r["success_after"] and not r["success_before"]]
-        if not won:
-            continue
-        lines += ["", f"## {name}: prompts that brought it back ({len(won)})", ""]
-        for r in won[:FOUND_SHOWN]:
-            lines.append(f"- `{r['found_prompt']}` (seed {r['seed']}, at t = {r['timestep']}; was `{r['prompt']}`)")
-        if len(won) > FOUND_SHOWN:
-            lines.append(f"- … {len(won) - FOUND_SHOWN} more in attack.json")
-    return "\n".join(lines) + "\n"
+    return text
+
+
+def asr_table(models: dict, seconds: bool = False) -> Table:
+    """ASR before and after per attacked model (the attack's report.md and eval's report share it)."""
+    rows = [
+        [name, describe(m["erased"]), str(m["attacks"]), f"{m['asr_before']:.1%}", f"{m['asr_after']:.1%}"]
+        + ([f"{m['seconds']:.0f}"] if seconds else [])
+        for name, m in models.items()
+    ]
+    header = ["model", "erased", "attacks", "ASR before", "ASR after"] + (["seconds"] if seconds else [])
+    return Table(header, rows)
 
 
 def read_attack_summary(folder: str | Path, base: str) -> dict:

@@ -95,16 +95,15 @@ def draw(pipe, seeds: list[int], config: AttackConfig, output_type: str = "pil",
     out = []
     for first in range(0, len(seeds), DRAW_BATCH):
         part = slice(first, first + DRAW_BATCH)
-        with torch.no_grad():
-            result = pipe(
-                **{k: v[part] for k, v in inputs.items()},
-                num_inference_steps=config.steps,
-                guidance_scale=config.guidance_scale,
-                height=height,
-                width=width,
-                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds[part]],
-                output_type=output_type,
-            )
+        result = pipe(  # the pipeline's call runs without autograd
+            **{k: v[part] for k, v in inputs.items()},
+            num_inference_steps=config.steps,
+            guidance_scale=config.guidance_scale,
+            height=height,
+            width=width,
+            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds[part]],
+            output_type=output_type,
+        )
         out.extend(result.images)
     return out
 
@@ -276,7 +275,7 @@ def _run_attack(config: AttackConfig) -> dict:
 def _check_judge_sees(judge, judge_name: str, concepts: list[Concept]) -> None:
     for concept in concepts:
         for axis, label in concept.items():
-            if not judge.knows(axis, label):
+            if label not in judge.label_names(axis):
                 raise InputError(
                     f"judge {judge_name!r} cannot recognise {axis}={label}, so no attack could be seen to succeed; "
                     "choose a --judge (or --classifier) that has this label"

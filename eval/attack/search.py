@@ -79,7 +79,7 @@ class TokenSearch(ABC):
     def __init__(self, rows, k, tables: list[torch.Tensor], vocabulary: torch.Tensor, lr, weight_decay, generator):
         """``tables``: each text encoder's token embeddings; ``vocabulary``: the token ids a
         found prompt may use (every id but the start, end and padding tokens)."""
-        self.rows, self.k, self.vocabulary, self.generator = rows, k, vocabulary, generator
+        self.vocabulary, self.generator = vocabulary, generator
         self.tables = [table[vocabulary.to(table.device)] for table in tables]
 
     @abstractmethod
