@@ -15,6 +15,7 @@ only scores what is missing. Writes <output>/tradeoff.json, tradeoff.md and trad
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -27,13 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from measure_erasure import forget_list, score, summarise  # noqa: E402
+from measure_erasure import BAR_ERASED, BAR_KEPT, forget_list, score, summarise  # noqa: E402
 
 from erase.config import TrainConfig  # noqa: E402
 from erase.loop import train  # noqa: E402
 from eval.images import load_images  # noqa: E402
 from eval.judges import DigitStyleJudge  # noqa: E402
 from eval.metrics.fid import frechet_distance  # noqa: E402
+from pipelines.default.render import DIGIT_WORDS, STYLES  # noqa: E402
 from pipelines.files import write_json_atomic, write_text_atomic  # noqa: E402
 
 # method → list of (label, TrainConfig overrides): each method's curve.
@@ -49,7 +51,7 @@ SWEEPS = {
     + [(f"fresh,gain={g:g}", {"retain_probe": "fresh", "lambda_gain": g}) for g in (0.1, 0.3, 1)]
     # the fresh probe's Δℓ_r is unbiased, so λ integrates to β × the retain loss's level: a β in
     # the range eupmu-fast needs (λ ≈ 10 at a level of ~3e-4)
-    + [(f"fresh,β={b}", {"retain_probe": "fresh", "lambda_lr": float(b)}) for b in ("1e4", "3e4", "1e5")],
+    + [(f"fresh,β={b}", {"retain_probe": "fresh", "lambda_lr": float(b)}) for b in ("1e4", "3e4", "1e5", "3e5", "1e6")],
     # eupmu-fast's Δℓ_r carries batch-to-batch noise (~1e-4 here, 100× the step-to-step change),
     # so its natural knob is a smaller λ rate β.
     "eupmu-fast": [(f"β={b}", {"lambda_lr": float(b)}) for b in ("3e4", "3e5", "3e6")],
@@ -62,7 +64,12 @@ SWEEPS = {
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--targets", nargs="+", default=["class:three", "style:red"])
+    p.add_argument(
+        "--targets",
+        nargs="+",
+        default=["class:three", "style:red"],
+        help="class:<digit> or style:<style>; `all` = the default model's 14 concepts (10 digits, 4 styles)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument(
         "--only",
@@ -73,6 +80,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     p.add_argument("--images-per-prompt", type=int, default=10)
     p.add_argument("--output", default=str(ROOT / ".cache" / "tradeoff"))
+    p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="only re-classify the finished runs' kept images (after a change to the scores); rewrite the table",
+    )
     args = p.parse_args(argv)
 
     out = Path(args.output)
@@ -81,6 +93,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results_file = out / "tradeoff.json"
     rows = json.loads(results_file.read_text()) if results_file.is_file() else []
     points = _points(args.only, p)
+    if "all" in args.targets:
+        args.targets = [t for t in args.targets if t != "all"] + ALL_TARGETS
+    if args.rescore:
+        rows = [_rescored(row, out, args.images_per_prompt) for row in rows]
+        write_json_atomic(results_file, rows)
+        _write_table_and_plots(rows, out)
+        return rows
     done = {(r["target"], r["method"], r["setting"], r["seed"]) for r in rows}
     for target in args.targets:
         kind, forget = forget_list(target)
@@ -92,7 +111,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for seed in args.seeds:
                 if (target, method, setting, seed) in done:
                     continue
-                tag = f"{kind}-{name}-{method}-{setting}-s{seed}".replace("=", "").replace("+", "-")
+                tag = _tag(target, method, setting, seed)
                 run = out / "runs" / tag
                 config = TrainConfig(
                     output=str(run),
@@ -121,6 +140,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
+ALL_TARGETS = [f"class:{w}" for w in DIGIT_WORDS] + [f"style:{s}" for s in STYLES]
+
+
+def _tag(target: str, method: str, setting: str, seed: int) -> str:
+    """The run's folder name under <output>/runs and <output>/images."""
+    kind, _, name = target.partition(":")
+    return f"{kind}-{name}-{method}-{setting}-s{seed}".replace("=", "").replace("+", "-")
+
+
+def _rescored(row: dict, out: Path, images_per_prompt: int) -> dict:
+    """``row`` with its classifier scores recomputed from its kept images (nothing is redrawn)."""
+    tag = _tag(row["target"], row["method"], row["setting"], row["seed"])
+    kind, _, name = row["target"].partition(":")
+    report, _ = score(str(out / "runs" / tag), out / "images" / tag, images_per_prompt)
+    return row | summarise(kind, name, report)
+
+
 def lambda_behaviour(log_file: Path, config: TrainConfig) -> dict:
     """How λ moved after the calibration warm-up: the share of steps at 0 or at its cap, its
     mean, and its median step-to-step change against that mean (a tracking λ moves little)."""
@@ -137,6 +173,38 @@ def lambda_behaviour(log_file: Path, config: TrainConfig) -> dict:
     }
 
 
+def _bar_table(rows: list[dict]) -> list[str]:
+    """Per method and setting, over every concept it was run on (seed 0): how many meet the
+    quality bar, and which do not, with the measure that fails. The "untuned" score: one setting
+    for every concept."""
+    lines = [
+        f"Quality bar (seed 0): the erased concept recognised in ≤ {BAR_ERASED:.0%} of its images, every other "
+        f"concept and the other axis on the retained images in ≥ {BAR_KEPT:.0%}.",
+        "",
+        "| method | setting | concepts | meet the bar | mean UA | mean worst other | mean other axis | fails |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["seed"] == 0 and "cross_kept" in r:
+            groups.setdefault((r["method"], r["setting"]), []).append(r)
+    for (method, setting), rs in sorted(groups.items(), key=lambda g: -len(g[1])):
+        fails = []
+        for r in sorted(rs, key=lambda r: ALL_TARGETS.index(r["target"]) if r["target"] in ALL_TARGETS else 99):
+            why = [f"UA {1 - r['erased']:.0%}"] if r["erased"] > BAR_ERASED else []
+            why += [f"worst {r['others_worst']:.0%}"] if r["others_worst"] < BAR_KEPT else []
+            why += [f"other axis {r['cross_kept']:.0%}"] if r["cross_kept"] < BAR_KEPT else []
+            if why:
+                fails.append(f"{r['target'].partition(':')[2]} ({', '.join(why)})")
+        n = len(rs)
+        lines.append(
+            f"| {method} | {setting} | {n} | {n - len(fails)} | {_mean([1 - r['erased'] for r in rs])} | "
+            f"{_mean([r['others_worst'] for r in rs])} | {_mean([r['cross_kept'] for r in rs])} | "
+            f"{'; '.join(fails) or '–'} |"
+        )
+    return lines
+
+
 def _points(only: list[str], parser: argparse.ArgumentParser) -> list[tuple[str, str, dict]]:
     """(method, setting, overrides) for each --only entry, in SWEEPS order."""
     chosen = []
@@ -146,9 +214,34 @@ def _points(only: list[str], parser: argparse.ArgumentParser) -> list[tuple[str,
             parser.error(f"unknown method {method!r}; choose from {', '.join(SWEEPS)}")
         settings = [s for s, _ in SWEEPS[method]]
         if setting and setting not in settings:
-            parser.error(f"{method} has no setting {setting!r}; choose from {', '.join(settings)}")
+            overrides = _free_setting(setting)
+            if overrides is None:
+                parser.error(
+                    f"{method} has no setting {setting!r}; choose from {', '.join(settings)}, "
+                    "or give TrainConfig fields such as retain_probe=fresh,lambda_lr=3e5"
+                )
+            chosen.append((method, setting, overrides))
+            continue
         chosen += [(method, s, o) for s, o in SWEEPS[method] if not setting or s == setting]
     return chosen
+
+
+def _free_setting(setting: str) -> dict | None:
+    """``field=value,field=value`` over TrainConfig's fields, each value converted to its default's
+    type (for settings the sweeps above do not name); None if a key is not a field."""
+    defaults = {f.name: getattr(TrainConfig(output="x", forget="x"), f.name) for f in dataclasses.fields(TrainConfig)}
+    overrides = {}
+    for pair in setting.split(","):
+        key, _, value = pair.partition("=")
+        if key not in defaults or not value:
+            return None
+        kind = type(defaults[key])
+        overrides[key] = float(value) if kind in (float, type(None)) else kind(value)
+    return overrides
+
+
+def _mean(values: list[float]) -> str:
+    return f"{100 * sum(values) / len(values):.1f}%"
 
 
 def _spread(values: list[float], percent: bool = True) -> str:
@@ -201,6 +294,7 @@ def _write_table_and_plots(rows: list[dict], out: Path) -> None:
             f"{_spread([r['fid_vs_base'] for r in rs], percent=False)} | "
             f"{statistics.median(r['train_seconds'] for r in rs):.0f} |"  # robust to a run on busy cores
         )
+    lines += ["", *_bar_table(rows)]
     write_text_atomic(out / "tradeoff.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     for target in sorted({r["target"] for r in rows}):

@@ -53,19 +53,39 @@ def score(model: str, images: Path, images_per_prompt: int) -> tuple[dict, list[
 
 
 def summarise(kind: str, name: str, report: dict) -> dict:
+    """The run's scores against issue 3's quality bar.
+
+    ``others_*``: recognition of the other concepts of the erased kind (RA / IRA). ``cross_kept``:
+    recognition on the other axis, over the *retained* images only (a digit run: style accuracy on
+    the other digits' images; a style run: digit accuracy under the other styles). The erased
+    concept's own images are left out of it, because an erased digit's images may rightly lose
+    their style too, and counting them would charge erasure as lost utility."""
     by = report["by_digit"] if kind == "class" else report["by_style"]
-    axis = "digit" if kind == "class" else "style"
+    axis, cross = ("digit", "style") if kind == "class" else ("style", "digit")
     others = [row[axis] for key, row in by.items() if key != name]
+    crossed = [row[cross] for key, row in by.items() if key != name]  # each group has the same image count
     row = {
         "erased": by[name][axis],
         "others_mean": round(sum(others) / len(others), 4),
         "others_worst": min(others),
+        "cross_kept": round(sum(crossed) / len(crossed), 4),
     }
     if kind == "class":
         row["style_accuracy"] = report["style_accuracy"]
     else:
         row["digit_under_erased_style"] = by[name]["digit"]
+    row["meets_bar"] = meets_bar(row)
     return row
+
+
+# Issue 3's quality bar, read strictly: the erased concept recognised in at most 10% of its
+# images, and every other concept (and the other axis on the retained images) recognised in at
+# least 95% (the base model scores 100% on all, so "loses at most 5 points").
+BAR_ERASED, BAR_KEPT = 0.10, 0.95
+
+
+def meets_bar(row: dict) -> bool:
+    return row["erased"] <= BAR_ERASED and row["others_worst"] >= BAR_KEPT and row["cross_kept"] >= BAR_KEPT
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
