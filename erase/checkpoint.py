@@ -50,16 +50,19 @@ def save_checkpoint(
     balancer_state: dict,
     rng_states: list[torch.Tensor],
     scaler_state: dict | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """``rng_states``: the data generator's state of process 0, 1, ... (one entry per process);
-    ``scaler_state``: fp16's loss scaler (its scale and growth tracker), so an fp16 resume is exact."""
+    ``scaler_state``: fp16's loss scaler (its scale and growth tracker), so an fp16 resume is exact;
+    ``extra``: other tensors the run's state needs (adversarial training's prefixes)."""
     root = Path(run_dir) / CHECKPOINTS
     target = root / f"step-{step:07d}"
     opt_tensors, opt_meta = _optimizer_tensors(optimizer)
     with atomic_folder(target, overwrite=True) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
         rng = {_rng_key(rank): state.cpu() for rank, state in enumerate(rng_states)}
-        save_file(opt_tensors | rng, str(tmp / "optimizer.safetensors"))
+        extras = {EXTRA + name: value.detach().cpu().contiguous() for name, value in (extra or {}).items()}
+        save_file(opt_tensors | rng | extras, str(tmp / "optimizer.safetensors"))
         meta = {"step": step, "balancer": balancer_state, "optimizer": opt_meta, "scaler": scaler_state}
         (tmp / "state.json").write_text(json.dumps(meta))
     for old in root.glob("step-*"):
@@ -73,20 +76,26 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+EXTRA = "__extra__."
+
+
 def _rng_key(rank: int) -> str:
     return "__rng__" if rank == 0 else f"__rng__.{rank}"  # process 0's key predates several processes
 
 
-def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict, dict, list[torch.Tensor], dict | None]:
+def load_checkpoint(
+    path: Path,
+) -> tuple[int, dict[str, torch.Tensor], dict, dict, list[torch.Tensor], dict | None, dict[str, torch.Tensor]]:
     """(step, trainable tensors, optimizer state_dict, balancer state, RNG state per process, loss
-    scaler state or None); a damaged
-    checkpoint is named with the fix (it is always written whole, so something else cut it)."""
+    scaler state or None, the extra tensors); a damaged checkpoint is named with the fix (it is
+    always written whole, so something else cut it)."""
     try:
         meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
         opt = load_file(str(path / "optimizer.safetensors"))
         rng = [opt.pop(_rng_key(0))]
         while _rng_key(len(rng)) in opt:
             rng.append(opt.pop(_rng_key(len(rng))))
+        extra = {key.removeprefix(EXTRA): opt.pop(key) for key in [k for k in opt if k.startswith(EXTRA)]}
         return (
             int(meta["step"]),
             load_file(str(path / "trainable.safetensors")),
@@ -94,6 +103,7 @@ def load_checkpoint(path: Path) -> tuple[int, dict[str, torch.Tensor], dict, dic
             meta["balancer"],
             rng,
             meta.get("scaler"),
+            extra,
         )
     except Exception as err:  # json, safetensors and key errors alike mean "damaged"
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__

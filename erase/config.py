@@ -128,6 +128,22 @@ class TrainConfig:
             "samples with the model being trained down to t at every step (ESD's slow path)"
         },
     )
+    adversarial_every: int = field(
+        default=0,
+        metadata={
+            "help": "adversarial training (AdvUnlearn): every N steps, find for each forget prompt "
+            "--adversarial-tokens soft prefix tokens that bring the concept back in the model being erased; the "
+            "unlearning loss then uses the prompts with those prefixes (0 = off; each round costs about "
+            "--adversarial-iterations steps)"
+        },
+    )
+    adversarial_tokens: int = field(default=1, metadata={"help": "adversarial training: prefix tokens k"})
+    adversarial_iterations: int = field(
+        default=30, metadata={"help": "adversarial training: Adam steps per attack round (AdvUnlearn: 30)"}
+    )
+    adversarial_lr: float = field(
+        default=1e-3, metadata={"help": "adversarial training: the attack's Adam learning rate (AdvUnlearn: 1e-3)"}
+    )
     bank_size: int = field(default=8, metadata={"help": "latents generated per prompt for the latent bank"})
     bank_steps: int = field(default=20, metadata={"help": "sampler steps for the latent bank (and --x-source sample)"})
     bank_guidance: float = field(default=5.0, metadata={"help": "guidance for the latent bank (and --x-source sample)"})
@@ -219,6 +235,21 @@ class TrainConfig:
         if self.half_frozen and self.mixed_precision == "no":
             raise InputError(
                 "--half-frozen holds weights in the --mixed-precision dtype; add --mixed-precision bf16 (or fp16)"
+            )
+        if self.adversarial_every < 0 or self.adversarial_tokens < 1 or self.adversarial_iterations < 1:
+            raise InputError(
+                "--adversarial-every must be ≥ 0 (0 = off), --adversarial-tokens and --adversarial-iterations ≥ 1"
+            )
+        if not (math.isfinite(self.adversarial_lr) and self.adversarial_lr > 0):
+            raise InputError(f"--adversarial-lr must be a finite number > 0, got {self.adversarial_lr}")
+        if self.adversarial_every and self.x_source != "bank":
+            raise InputError(
+                "--adversarial-every attacks on the latent bank's forget latents; use --x-source bank (the default)"
+            )
+        if self.adversarial_every and self.offload_encoders:
+            raise InputError(
+                "--adversarial-every encodes the attacked prompts during training, so the text encoders stay on "
+                "the accelerator: drop --offload-encoders"
             )
         if self.mask == "feasible" and self.batch_size % self.mask_micro_batches:
             raise InputError("--batch-size must be a multiple of --mask-micro-batches")

@@ -19,6 +19,7 @@ import torch
 from accelerate.utils import gather_object
 
 from erase import losses
+from erase.adversarial import AdversarialPrompts
 from erase.balancers import BalancerSettings, build_balancer
 from erase.balancers.base import flat_grad, flat_params, set_flat_grad
 from erase.checkpoint import CHECKPOINTS, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -172,6 +173,10 @@ class ErasureRun:
         prompts = {"forget": self.forget_prompts, "retain": self.retain_prompts}
         with self.accelerator.autocast():  # the bank samples in the run's precision, as the steps compute
             self.x_source = X_SOURCES[cfg.x_source](pipe, self.family, prompts, self.conditions, cfg, show)
+        self.adversarial = None
+        if cfg.adversarial_every:  # its own generator: the batches stay those of a run without it
+            init = torch.Generator().manual_seed(cfg.seed + 104729)
+            self.adversarial = AdversarialPrompts(pipe, self.family, self.forget_prompts, cfg.adversarial_tokens, init)
         if cfg.offload_encoders:  # from here on only the UNet runs (the conditioning is encoded)
             for name, part in pipe.components.items():
                 if isinstance(part, torch.nn.Module) and name != "unet":
@@ -262,7 +267,7 @@ class ErasureRun:
         return (self.output / "model_index.json").is_file() and latest_checkpoint(self.output) is None
 
     def _restore(self, path: Path) -> None:
-        step, trainable, opt_state, balancer_state, rng, scaler_state = load_checkpoint(path)
+        step, trainable, opt_state, balancer_state, rng, scaler_state, extra = load_checkpoint(path)
         unet = self.accelerator.unwrap_model(self.unet)
         missing = self.param_names - set(trainable)
         if missing:
@@ -284,6 +289,8 @@ class ErasureRun:
         self.generator.set_state(rng[self.accelerator.process_index])
         if self.accelerator.scaler is not None and scaler_state is not None:
             self.accelerator.scaler.load_state_dict(scaler_state)
+        if self.adversarial is not None:
+            self.adversarial.load_state(extra, started=step > self.config.adversarial_every)
         self.start_step = step
 
     # 2. One step ----------------------------------------------------------------------------
@@ -318,7 +325,7 @@ class ErasureRun:
         cfg = self.config
         draw = batch["forget"]
         eps_anchor = self._frozen_epsilon(draw, self.anchors[draw.rows])
-        eps_forget = self._epsilon(self.unet, draw)
+        eps_forget = self._epsilon(self.unet, draw, self.adversarial.condition(draw) if self.adversarial else None)
         if cfg.loss == "negative-guidance":
             eps_concept = self._frozen_epsilon(draw)
             loss_u = losses.negative_guidance_loss(eps_forget, eps_anchor, eps_concept, cfg.eta)
@@ -373,8 +380,23 @@ class ErasureRun:
         self.optimizer.zero_grad(set_to_none=True)
         return torch.stack(samples)
 
+    def _adversarial_round(self) -> dict:
+        """AdvUnlearn's inner attack against the model as it is now (erase/adversarial.py)."""
+        cfg, unet = self.config, self.accelerator.unwrap_model(self.unet)
+        return self.adversarial.attack(
+            cfg.adversarial_iterations,
+            cfg.adversarial_lr,
+            draw=lambda: self._draw("forget", cfg.batch_size),
+            target=self._frozen_epsilon,
+            predict=lambda draw, cond: self._epsilon(unet, draw, cond),
+            average=lambda value: self.accelerator.reduce(value, "mean"),
+        )
+
     def train_step(self) -> dict:
         cfg = self.config
+        log = {}
+        if self.adversarial is not None and self.step > 0 and self.step % cfg.adversarial_every == 0:
+            log |= self._adversarial_round()
         batch = {"forget": self._draw("forget", cfg.batch_size)}
         if "retain" in self.conditions:
             batch["retain"] = self._draw("retain", cfg.batch_size)
@@ -390,7 +412,7 @@ class ErasureRun:
                 f"loss became {value_u if not math.isfinite(value_u) else value_r} at step {self.step + 1}; "
                 "lower --learning-rate or use --mixed-precision no (the last good checkpoint is kept)"
             )
-        log = {"loss_forget": value_u, "loss_retain": value_r}
+        log |= {"loss_forget": value_u, "loss_retain": value_r}
         probe, probe_before = batch, value_r
         if value_r is not None and self.balancer.fresh_probe:  # a retain batch this step does not train on
             probe = {"retain": self._draw("retain", cfg.batch_size)}
@@ -501,7 +523,10 @@ class ErasureRun:
         unet = self.accelerator.unwrap_model(self.unet)
         trainable = {n: p for n, p in unet.named_parameters() if n in self.param_names}
         scaler = self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None
-        save_checkpoint(self.output, step, trainable, self.optimizer, self.balancer.state_dict(), rng_states, scaler)
+        extra = self.adversarial.state() if self.adversarial is not None else None
+        save_checkpoint(
+            self.output, step, trainable, self.optimizer, self.balancer.state_dict(), rng_states, scaler, extra
+        )
 
     def _save_pipeline(self) -> None:
         """Write the erased pipeline into the run folder; model_index.json last, so only a complete

@@ -16,16 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
+import pipelines.token_slots as slots_module
 from erase.cli import main
-from eval.attack import slots as slots_module
 from eval.attack.config import AttackConfig
 from eval.attack.report import attack_markdown
 from eval.attack.runner import Outcome, Target, _search, _summary, attack_timesteps, draw, judged
 from eval.attack.search import SEARCHES, project_to_simplex
-from eval.attack.slots import TokenSlots
 from eval.judges import DigitStyleJudge
 from pipelines.families import family_of
 from pipelines.loading import load_pipeline
+from pipelines.token_slots import TokenSlots
 
 THREE = [{"class": "three"}]
 

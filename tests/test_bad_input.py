@@ -108,6 +108,18 @@ CASES = [
     ),
     ("train-lora-rank-zero", TRAIN + ["--concept", "x", "--parameters", "lora", "--lora-rank", "0"], "--lora-rank"),
     ("train-half-frozen-fp32", TRAIN + ["--concept", "x", "--half-frozen"], "--mixed-precision bf16"),
+    ("train-adversarial-negative", TRAIN + ["--concept", "x", "--adversarial-every", "-1"], "--adversarial-every"),
+    ("train-adversarial-lr", TRAIN + ["--concept", "x", "--adversarial-every", "5", "--adversarial-lr", "0"], "> 0"),
+    (
+        "train-adversarial-sample",
+        TRAIN + ["--concept", "x", "--adversarial-every", "5", "--x-source", "sample"],
+        "--x-source bank",
+    ),
+    (
+        "train-adversarial-offload",
+        TRAIN + ["--concept", "x", "--adversarial-every", "5", "--offload-encoders"],
+        "drop --offload-encoders",
+    ),
     (
         "train-lora-targets-unknown",
         TRAIN + ["--concept", "x", "--parameters", "lora", "--lora-targets", "attn2.to_z"],

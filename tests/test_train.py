@@ -157,6 +157,10 @@ RESUME_CASES = {
     "weighted+anchor-loss": dict(method="weighted", loss="anchor", anchor="a plain circle"),
     "none+sample": dict(method="none", x_source="sample", bank_steps=3),
     "lora": dict(method="eupmu", parameters="lora"),  # the adapters and their optimiser state travel
+    # the prefixes found by the round at step 2 are in the step-3 checkpoint and condition step 4
+    "adversarial": dict(method="eupmu", adversarial_every=2, adversarial_iterations=2, checkpoint_every=3),
+    # a checkpoint from before the first round: the plain prompts until it runs
+    "adversarial-before-first-round": dict(method="weighted", adversarial_every=3, adversarial_iterations=2),
 }
 
 
@@ -293,6 +297,7 @@ def test_existing_output_is_refused_without_overwrite(tiny_pipeline_dir, retain_
         loop.train(tiny_config(tiny_pipeline_dir, retain_file, run))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [["--method", "eupmu"], ["--method", "explicit", "--mask", "feasible"]])
 def test_two_process_data_parallel_run_keeps_processes_in_step(tiny_pipeline_dir, retain_file, tmp_path, flags):
     """`torchrun` with two CPU processes (gloo): the loop's end-of-run check gathers every
@@ -379,6 +384,7 @@ def test_lambda_flags_reach_the_balancer_unswapped(tiny_pipeline_dir, retain_fil
     assert settings.learning_rate == 2e-3 and settings.lambda_gain is None
 
 
+@pytest.mark.slow
 def test_two_processes_resume_where_an_uninterrupted_run_ends(tiny_pipeline_dir, retain_file, tmp_path, capsys):
     """torchrun, two CPU processes, each drawing its own batches: stopped after the step-2
     checkpoint and resumed, the run ends with the weights and log of an uninterrupted one. (With

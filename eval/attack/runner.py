@@ -23,7 +23,6 @@ import torch
 
 from eval.attack.config import AttackConfig
 from eval.attack.search import SEARCHES
-from eval.attack.slots import TokenSlots, text_encoders
 from eval.concepts import Concept, describe, rows_showing, shows
 from eval.images import images_to_tensor
 from pipelines.families import family_of
@@ -33,6 +32,7 @@ from pipelines.lock import output_lock
 from pipelines.ownership import OwnedFolder, check_outside
 from pipelines.prediction import EpsilonSpace
 from pipelines.progress import progress
+from pipelines.token_slots import TokenSlots, text_encoders
 from prompts import InputError
 
 ATTACK_NAMES = ["images", "attack.json", "report.md"]

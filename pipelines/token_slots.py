@@ -1,4 +1,5 @@
-"""Adversarial token slots: k positions right after the start token (UnlearnDiffAtk's prefix).
+"""Adversarial token slots: k positions right after the start token (UnlearnDiffAtk's prefix),
+shared by `erase attack` (eval/attack/) and adversarial training (erase/adversarial.py).
 
 The prompt is written with k filler words in front; a forward hook on every text encoder's token
 embedding replaces the fillers' embeddings with the attack's, row by row. Everything downstream,
