@@ -101,3 +101,24 @@ def _bank_cache(tmp_path_factory):
     import os
 
     os.environ["ERASE_CACHE_DIR"] = str(tmp_path_factory.mktemp("erase-cache"))
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`-n 2`, the default in pyproject.toml) each worker gets its share of the
+    cores, so two workers do not fight over the same two BLAS threads; processes the tests start
+    inherit the same share."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests first: under xdist's work stealing the long ones then start at once instead of
+    being the last thing a worker picks up (a late two-minute test would set the suite's end)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise

@@ -170,6 +170,7 @@ def _interrupt(argv: list[str], env: dict, when) -> tuple[int, str]:
     return process.returncode, err.strip()
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_with_one_line_and_the_resume_command(tiny_pipeline_dir, retain_file, tmp_path):
     """SIGINT during start-up (importing torch) and during the run: exit 130, one line, and the
     command that continues (with --resume once the run has written its first step)."""

@@ -45,6 +45,7 @@ def test_shipped_configs_match_the_architecture_module():
         assert vae[key] == (list(value) if isinstance(value, tuple) else value), key
 
 
+@pytest.mark.slow
 def test_plain_diffusers_loads_it_offline_without_our_code(tmp_path):
     script = f"""
 import os, sys

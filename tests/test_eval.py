@@ -287,6 +287,7 @@ def test_transformers_judge_maps_model_synonyms_onto_the_lists_classes(tiny_imag
         build_judge("transformers", {"class": ["church"]}, classifier="/nonexistent/folder")
 
 
+@pytest.mark.slow
 def test_eval_under_two_processes_shares_generation_and_reports_once(tiny_run, labelled_prompts, tmp_path):
     """torchrun with two CPU processes: images are split between them, the main process alone
     judges and scores (torchmetrics must not wait for the other one), and the report is whole."""
@@ -437,6 +438,7 @@ def random_inception_weights(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_inception_fid_loads_safetensors_and_separates_shifted_sets(random_inception_weights, tmp_path):
     from eval.inception import load_inception
 

@@ -91,6 +91,7 @@ def test_conditioning_rows_join_and_expand():
         Conditioning(text, {"text_embeds": pooled[:2]})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sd2", "sdxl"])
 def test_every_command_end_to_end(name, request, write, tmp_path, no_network):
     """generate (native size) → train (xattn changes only attn2) → export ×3 → apply → eval →

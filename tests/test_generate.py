@@ -194,6 +194,7 @@ def test_cli_generates_and_writes_a_grid(tiny_pipeline_dir, prompts_file, tmp_pa
     assert json.loads((out / "generation.json").read_text())["steps"] == 2
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_images_and_match_a_single_process_run(tiny_pipeline_dir, write, tmp_path):
     """torchrun with two CPU processes: every image once, a manifest without holes or
     duplicates, and pixels identical to a one-process run with the same thread count (each image

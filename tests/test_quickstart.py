@@ -8,11 +8,14 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from erase.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_quickstart_erases_three_and_writes_the_report(tmp_path):
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     done = subprocess.run(

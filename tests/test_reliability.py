@@ -46,6 +46,7 @@ def tiny_train_args(tiny_pipeline_dir, retain_file) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_short_kill_soak_of_train_ends_bit_identical(tiny_pipeline_dir, retain_file, tmp_path):
     summary = soak_kill.soak_train(
         tmp_path / "soak", tiny_train_args(tiny_pipeline_dir, retain_file), steps=12, kills=3, seed=1, verbose=False
@@ -56,6 +57,7 @@ def test_short_kill_soak_of_train_ends_bit_identical(tiny_pipeline_dir, retain_f
     assert summary["steps_logged"] == 12
 
 
+@pytest.mark.slow
 def test_short_kill_soak_of_generate_keeps_every_image_once(tiny_pipeline_dir, prompts_file, tmp_path):
     args = ["--prompts", str(prompts_file), "--model", str(tiny_pipeline_dir), "--images-per-prompt", "4"]
     args += ["--batch-size", "2", "--steps", "2", "--device", "cpu"]

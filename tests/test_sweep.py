@@ -76,6 +76,7 @@ def test_the_front_keeps_the_points_nothing_beats_and_averages_seeds():
     assert front["methods"]["none"]["hypervolume_UA_FID"] == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_a_sweep_trains_evaluates_and_resumes_by_adding_a_point(tiny_pipeline_dir, write, tmp_path, capsys):
     rows = ["case_number,prompt,evaluation_seed,class,style"]
     cases = [("three", "red"), ("three", "plain"), ("five", "red"), ("one", "plain")]

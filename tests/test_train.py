@@ -298,7 +298,13 @@ def test_existing_output_is_refused_without_overwrite(tiny_pipeline_dir, retain_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags", [["--method", "eupmu"], ["--method", "explicit", "--mask", "feasible"]])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--method", "eupmu", "--adversarial-every", "2", "--adversarial-iterations", "1"],  # prefixes averaged
+        ["--method", "explicit", "--mask", "feasible"],
+    ],
+)
 def test_two_process_data_parallel_run_keeps_processes_in_step(tiny_pipeline_dir, retain_file, tmp_path, flags):
     """`torchrun` with two CPU processes (gloo): the loop's end-of-run check gathers every
     process's weight checksum and λ and fails the run if they differ."""
@@ -314,6 +320,7 @@ def test_two_process_data_parallel_run_keeps_processes_in_step(tiny_pipeline_dir
     assert result.stdout.count("erased model →") == 1  # only the main process reports
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 3]
+    assert ("adversarial_loss_first" in log[2]) == ("--adversarial-every" in flags)
     assert StableDiffusionPipeline.from_pretrained(out).unet is not None
 
 
