@@ -133,14 +133,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 row |= {"train_seconds": round(seconds, 1), "fid_vs_base": round(fid, 2)}
                 row |= summarise(kind, name, report)
                 row |= lambda_behaviour(run / "train_log.jsonl", config)
-                rows.append(row)
-                write_json_atomic(results_file, rows)
+                rows = _append_row(results_file, row)
                 print(_line(row), flush=True)
     _write_table_and_plots(rows, out)
     return rows
 
 
 ALL_TARGETS = [f"class:{w}" for w in DIGIT_WORDS] + [f"style:{s}" for s in STYLES]
+
+
+def _append_row(results_file: Path, row: dict) -> list[dict]:
+    """Add ``row`` to the results on disk as they are now: several runs of this script may share
+    one --output (different targets or settings), and each keeps the others' rows."""
+    rows = json.loads(results_file.read_text()) if results_file.is_file() else []
+    rows.append(row)
+    write_json_atomic(results_file, rows)
+    return rows
 
 
 def _tag(target: str, method: str, setting: str, seed: int) -> str:
@@ -202,6 +210,66 @@ def _bar_table(rows: list[dict]) -> list[str]:
             f"{_mean([r['others_worst'] for r in rs])} | {_mean([r['cross_kept'] for r in rs])} | "
             f"{'; '.join(fails) or '–'} |"
         )
+    return lines
+
+
+def _concepts_plot(rows: list[dict], out: Path) -> None:
+    """concepts.png: for every setting run on several concepts (seed 0), each concept's UA against
+    its worst kept other concept, the quality bar's corner shaded."""
+    import matplotlib.pyplot as plt
+
+    seed0 = [r for r in rows if r["seed"] == 0 and "cross_kept" in r]
+    groups: dict[tuple, list[dict]] = {}
+    for r in seed0:
+        groups.setdefault((r["method"], r["setting"]), []).append(r)
+    groups = {k: v for k, v in groups.items() if len(v) > 1}
+    if not groups:
+        return
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.fill_between([100 * (1 - BAR_ERASED), 101], 100 * BAR_KEPT, 101, color="green", alpha=0.12, label="the bar")
+    markers = "os^Dv<>P"
+    for i, ((method, setting), rs) in enumerate(sorted(groups.items())):
+        xs = [100 * (1 - r["erased"]) for r in rs]
+        ys = [100 * r["others_worst"] for r in rs]
+        passed = sum(r["meets_bar"] for r in rs)
+        label = f"{method} {setting} ({passed}/{len(rs)} meet it)"
+        ax.scatter(xs, ys, marker=markers[i % len(markers)], alpha=0.7, label=label)
+    ax.set_xlabel("UA, % (higher = better erased)")
+    ax.set_ylabel("worst other concept kept, %")
+    ax.set_title("every concept of the default model, one setting per method")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.savefig(out / "concepts.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _concept_table(rows: list[dict]) -> list[str]:
+    """One line per concept, one column per setting run on several concepts (seed 0): UA / worst
+    other / other axis, and ✗ where the run misses the quality bar."""
+    seed0 = [r for r in rows if r["seed"] == 0 and "cross_kept" in r]
+    settings = sorted(
+        {(r["method"], r["setting"]) for r in seed0},
+        key=lambda ms: -sum(r["method"] == ms[0] and r["setting"] == ms[1] for r in seed0),
+    )
+    settings = [ms for ms in settings if sum(r["method"] == ms[0] and r["setting"] == ms[1] for r in seed0) > 1]
+    lines = [
+        "UA / worst other / other axis per concept (seed 0; ✗ misses the bar):",
+        "",
+        "| concept | " + " | ".join(f"{m} {s}" for m, s in settings) + " |",
+        "|---|" + "---|" * len(settings),
+    ]
+    for target in [t for t in ALL_TARGETS if any(r["target"] == t for r in seed0)]:
+        cells = []
+        for method, setting in settings:
+            found = [r for r in seed0 if (r["target"], r["method"], r["setting"]) == (target, method, setting)]
+            r = found[0] if found else None
+            cells.append(
+                "–"
+                if r is None
+                else f"{100 * (1 - r['erased']):.0f} / {100 * r['others_worst']:.0f} / {100 * r['cross_kept']:.0f}"
+                + ("" if r["meets_bar"] else " ✗")
+            )
+        lines.append(f"| {target.partition(':')[2]} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -294,9 +362,10 @@ def _write_table_and_plots(rows: list[dict], out: Path) -> None:
             f"{_spread([r['fid_vs_base'] for r in rs], percent=False)} | "
             f"{statistics.median(r['train_seconds'] for r in rs):.0f} |"  # robust to a run on busy cores
         )
-    lines += ["", *_bar_table(rows)]
+    lines += ["", *_bar_table(rows), "", *_concept_table(rows)]
     write_text_atomic(out / "tradeoff.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
+    _concepts_plot(rows, out)
     for target in sorted({r["target"] for r in rows}):
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for method in SWEEPS:

@@ -119,6 +119,8 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Slow tests first: under xdist's work stealing the long ones then start at once instead of
-    being the last thing a worker picks up (a late two-minute test would set the suite's end)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise
+    """Files with slow tests first, each file kept whole: xdist (`--dist loadfile`) hands whole
+    files to workers in this order, so the long ones start at once instead of being the last
+    thing a worker picks up, and a file's module-scoped fixtures are built once."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: file order otherwise

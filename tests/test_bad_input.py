@@ -321,7 +321,8 @@ def places(tiny_pipeline_dir, tmp_path_factory) -> dict[str, Path]:
         bank_steps=1,
         progress=False,
     )
-    run = loop.train(TrainConfig(**tiny, output=str(bad.parent / "bad-input-run")))
+    outside = tmp_path_factory.mktemp("bad-input-outputs")  # beside `bad`, not in it
+    run = loop.train(TrainConfig(**tiny, output=str(outside / "bad-input-run")))
     export_run(run, "single-file", bad / "tiny.safetensors")
     export_run(run, "delta", bad / "delta.safetensors")
     with safe_open(str(bad / "delta.safetensors"), "pt") as handle:
@@ -341,7 +342,7 @@ def places(tiny_pipeline_dir, tmp_path_factory) -> dict[str, Path]:
     state = load_file(str(weights))
     save_file(state | {first: state[first] + 0.01}, str(weights))  # another base for the same architecture
 
-    ours = bad.parent / "ours"  # folders erase wrote, copied to {out} by the hostile cases
+    ours = outside / "ours"  # folders erase wrote, copied to {out} by the hostile cases
     generate(
         GenerateConfig(
             prompts=str(bad / "ok.txt"),
