@@ -11,7 +11,8 @@ of the plain ones, so the erasure is trained against the strongest prompt found 
 Settings follow AdvUnlearn's code where they transfer: one prefix token, word-embedding space,
 Adam at lr 1e-3 for 30 iterations per round, each round warm-started from the last one's tokens
 ("latest"), the frozen model's prediction as the attack's target. AdvUnlearn attacks before every
-step; a round every N steps here costs about N/(N + iterations) of that, and N is the user's.
+step (30 attack iterations per training step); a round every N steps costs 30/N per step here,
+and N is the user's.
 The x_t the attack sees come from the latent bank, as the training steps' do.
 """
 
