@@ -74,8 +74,7 @@ class AdversarialPrompts:
             optimizer.step()
             losses.append(loss.item())
         self.values = [average(v.detach()) for v in values]
-        with torch.no_grad():
-            self.cond = self.encode(torch.arange(len(self.prompts)), self.values)
+        self._encode_all()
         return {"adversarial_loss_first": losses[0], "adversarial_loss_last": losses[-1]}
 
     def condition(self, draw: Draw) -> Conditioning | None:
@@ -90,5 +89,9 @@ class AdversarialPrompts:
         """Back to a checkpoint's prefixes; ``started``: a round had run before it was written."""
         self.values = [state[f"{CHECKPOINT_KEY}.{i}"].to(v.device) for i, v in enumerate(self.values)]
         if started:
-            with torch.no_grad():
-                self.cond = self.encode(torch.arange(len(self.prompts)), self.values)
+            self._encode_all()
+
+    def _encode_all(self) -> None:
+        """Every forget prompt with its current prefix, for the training steps (no grad)."""
+        with torch.no_grad():
+            self.cond = self.encode(torch.arange(len(self.prompts)), self.values)

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from measure_erasure import BAR_ERASED, BAR_KEPT, forget_list, score, summarise  # noqa: E402
+from measure_erasure import BAR_ERASED, BAR_KEPT, bar_misses, forget_list, score, summarise  # noqa: E402
 
 from erase.config import TrainConfig  # noqa: E402
 from erase.loop import train  # noqa: E402
@@ -181,6 +181,21 @@ def lambda_behaviour(log_file: Path, config: TrainConfig) -> dict:
     }
 
 
+def _across_concepts(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """(method, setting) → its seed-0 rows, for the settings run on more than one concept; the
+    settings run on most concepts first, each one's rows in concept order."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if r["seed"] == 0 and "cross_kept" in r:
+            groups.setdefault((r["method"], r["setting"]), []).append(r)
+    order = {t: i for i, t in enumerate(ALL_TARGETS)}
+    return {
+        setting: sorted(rs, key=lambda r: order.get(r["target"], len(order)))
+        for setting, rs in sorted(groups.items(), key=lambda g: -len(g[1]))
+        if len(rs) > 1
+    }
+
+
 def _bar_table(rows: list[dict]) -> list[str]:
     """Per method and setting, over every concept it was run on (seed 0): how many meet the
     quality bar, and which do not, with the measure that fails. The "untuned" score: one setting
@@ -192,18 +207,8 @@ def _bar_table(rows: list[dict]) -> list[str]:
         "| method | setting | concepts | meet the bar | mean UA | mean worst other | mean other axis | fails |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        if r["seed"] == 0 and "cross_kept" in r:
-            groups.setdefault((r["method"], r["setting"]), []).append(r)
-    for (method, setting), rs in sorted(groups.items(), key=lambda g: -len(g[1])):
-        fails = []
-        for r in sorted(rs, key=lambda r: ALL_TARGETS.index(r["target"]) if r["target"] in ALL_TARGETS else 99):
-            why = [f"UA {1 - r['erased']:.0%}"] if r["erased"] > BAR_ERASED else []
-            why += [f"worst {r['others_worst']:.0%}"] if r["others_worst"] < BAR_KEPT else []
-            why += [f"other axis {r['cross_kept']:.0%}"] if r["cross_kept"] < BAR_KEPT else []
-            if why:
-                fails.append(f"{r['target'].partition(':')[2]} ({', '.join(why)})")
+    for (method, setting), rs in _across_concepts(rows).items():
+        fails = [f"{r['target'].partition(':')[2]} ({', '.join(bar_misses(r))})" for r in rs if bar_misses(r)]
         n = len(rs)
         lines.append(
             f"| {method} | {setting} | {n} | {n - len(fails)} | {_mean([1 - r['erased'] for r in rs])} | "
@@ -218,11 +223,7 @@ def _concepts_plot(rows: list[dict], out: Path) -> None:
     its worst kept other concept, the quality bar's corner shaded."""
     import matplotlib.pyplot as plt
 
-    seed0 = [r for r in rows if r["seed"] == 0 and "cross_kept" in r]
-    groups: dict[tuple, list[dict]] = {}
-    for r in seed0:
-        groups.setdefault((r["method"], r["setting"]), []).append(r)
-    groups = {k: v for k, v in groups.items() if len(v) > 1}
+    groups = _across_concepts(rows)
     if not groups:
         return
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -246,23 +247,19 @@ def _concepts_plot(rows: list[dict], out: Path) -> None:
 def _concept_table(rows: list[dict]) -> list[str]:
     """One line per concept, one column per setting run on several concepts (seed 0): UA / worst
     other / other axis, and ✗ where the run misses the quality bar."""
-    seed0 = [r for r in rows if r["seed"] == 0 and "cross_kept" in r]
-    settings = sorted(
-        {(r["method"], r["setting"]) for r in seed0},
-        key=lambda ms: -sum(r["method"] == ms[0] and r["setting"] == ms[1] for r in seed0),
-    )
-    settings = [ms for ms in settings if sum(r["method"] == ms[0] and r["setting"] == ms[1] for r in seed0) > 1]
+    groups = _across_concepts(rows)
+    settings = list(groups)
     lines = [
         "UA / worst other / other axis per concept (seed 0; ✗ misses the bar):",
         "",
         "| concept | " + " | ".join(f"{m} {s}" for m, s in settings) + " |",
         "|---|" + "---|" * len(settings),
     ]
-    for target in [t for t in ALL_TARGETS if any(r["target"] == t for r in seed0)]:
+    by_target = {(r["target"], *setting): r for setting, rs in groups.items() for r in rs}
+    for target in [t for t in ALL_TARGETS if any((t, *setting) in by_target for setting in settings)]:
         cells = []
-        for method, setting in settings:
-            found = [r for r in seed0 if (r["target"], r["method"], r["setting"]) == (target, method, setting)]
-            r = found[0] if found else None
+        for setting in settings:
+            r = by_target.get((target, *setting))
             cells.append(
                 "–"
                 if r is None
