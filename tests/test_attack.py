@@ -44,14 +44,18 @@ def default_pipe():
     return pipe
 
 
-def test_simplex_projection_meets_the_optimality_conditions():
+@pytest.mark.parametrize("candidates", [2048, 4])
+def test_simplex_projection_meets_the_optimality_conditions(candidates):
     """p = argmin ‖p − v‖² on the simplex iff p ≥ 0, Σp = 1 and v − p is one constant θ where
-    p > 0 and at least v where p = 0."""
+    p > 0 and at least v where p = 0. With 4 candidates, the rows whose support is small take the
+    partial sort and the near-uniform ones must fall back to the full one."""
     generator = torch.Generator().manual_seed(0)
     rows = [torch.randn(4, 50, generator=generator) * s for s in (0.001, 0.1, 3.0)]
     rows.append(torch.full((2, 30), 1 / 30) + 0.01 * torch.sign(torch.randn(2, 30, generator=generator)))
+    rows.append(torch.cat(rows[:3]))  # both kinds of row in one call
     for values in rows:
-        projected = project_to_simplex(values.double())
+        projected = project_to_simplex(values.double(), candidates)
+        assert torch.equal(projected, project_to_simplex(values.double(), values.shape[-1]))
         assert (projected >= 0).all()
         torch.testing.assert_close(projected.sum(-1), torch.ones(len(values), dtype=torch.float64))
         for v, p in zip(values.double(), projected, strict=True):

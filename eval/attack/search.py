@@ -33,18 +33,38 @@ def register_search(name: str):
     return wrap
 
 
-def project_to_simplex(values: torch.Tensor) -> torch.Tensor:
+def project_to_simplex(values: torch.Tensor, candidates: int = 2048) -> torch.Tensor:
     """Euclidean projection of each row (last dimension) onto {p ≥ 0, Σp = 1}, exactly, by
     sorting (Duchi et al., 2008): the result is max(v − θ, 0) with θ the one value that makes it
     sum to 1; UnlearnDiffAtk finds the same θ by bisection. (Michelot's iteration, which avoids
-    the sort, took over a thousand passes on the attack's rows, whose Adam steps are near-equal.)"""
-    ordered = values.sort(dim=-1, descending=True).values
+    the sort, took over a thousand passes on the attack's rows, whose Adam steps are near-equal.)
+
+    Only the entries that stay positive decide θ, and after the attack's first few steps a row of
+    the 49,408-token vocabulary keeps about a thousand. So θ is first computed from each row's
+    ``candidates`` largest entries (a partial sort, several times cheaper than the full one, which
+    was 40% of a style attack's time); a row whose support may reach past them is sorted in full.
+    Both give the same θ bit for bit: the same leading values, summed in the same order."""
+    if values.shape[-1] <= candidates:
+        return _project_sorted(values, values.sort(dim=-1, descending=True).values)
+    top = values.topk(candidates, dim=-1).values
+    projected, support = _project_sorted(values, top, with_support=True)
+    unsure = support >= candidates  # positive up to the last candidate: the support may go on
+    if unsure.any():
+        rows = values[unsure]
+        projected[unsure] = _project_sorted(rows, rows.sort(dim=-1, descending=True).values)
+    return projected
+
+
+def _project_sorted(values: torch.Tensor, ordered: torch.Tensor, with_support: bool = False):
+    """The projection given each row's largest entries in descending order (all of them, or
+    enough to hold the support); with ``with_support``, also how many of them stay positive."""
     cumulative = ordered.cumsum(-1) - 1
-    index = torch.arange(1, values.shape[-1] + 1, device=values.device, dtype=values.dtype)
+    index = torch.arange(1, ordered.shape[-1] + 1, device=values.device, dtype=values.dtype)
     support = (ordered - cumulative / index > 0).to(values.dtype) * index
     rho = support.amax(-1, keepdim=True).long()  # how many entries stay positive
     threshold = cumulative.gather(-1, rho - 1) / rho.to(values.dtype)
-    return (values - threshold).clamp_min(0)
+    projected = (values - threshold).clamp_min(0)
+    return (projected, rho.squeeze(-1)) if with_support else projected
 
 
 class _SampleTokens(torch.autograd.Function):
