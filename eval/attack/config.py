@@ -44,7 +44,9 @@ class AttackConfig(JudgedModels):
     weight_decay: float = field(default=0.1, metadata={"help": "Adam's weight decay, text-grad only (paper: 0.1)"})
     images_per_prompt: int = field(
         default=2,
-        metadata={"help": "attacks per prompt showing the erased concept, each on its own seed (the eval's seeds)"},
+        metadata={
+            "help": "attacks per prompt showing the erased concept, each on its own seed (the eval's seeds); the paper attacks each prompt once, at its evaluation seed (1): the attack's time grows with this"
+        },
     )
     batch_size: int = field(
         default=8,
