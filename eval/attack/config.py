@@ -45,7 +45,8 @@ class AttackConfig(JudgedModels):
     images_per_prompt: int = field(
         default=2,
         metadata={
-            "help": "attacks per prompt showing the erased concept, each on its own seed (the eval's seeds); the paper attacks each prompt once, at its evaluation seed (1): the attack's time grows with this"
+            "help": "attacks per prompt showing the erased concept, each on its own seed (the eval's seeds); "
+            "the paper attacks each prompt once, at its evaluation seed (1): the attack's time grows with this"
         },
     )
     batch_size: int = field(
