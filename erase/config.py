@@ -111,6 +111,14 @@ class TrainConfig:
     lambda_init: float = field(default=0.0, metadata={"help": "λ's start (without --lambda-gain)"})
     lambda_max: float = field(default=100.0, metadata={"help": "D: λ is clipped to [0, D]"})
     retain_weight: float = field(default=1.0, metadata={"help": "w for --method weighted"})
+    retain_unconditional: float = field(
+        default=0.0,
+        metadata={
+            "help": "share of each retain batch's rows taken with the unconditional input ∅ instead of their prompt "
+            "(same latents and timesteps): classifier-free guidance mixes the model's ∅ prediction into every "
+            "image, so an erasure that moves it changes concepts the retain prompts alone still match"
+        },
+    )
     mask: Literal["none", "feasible"] = field(
         default="none",
         metadata={
@@ -220,6 +228,8 @@ class TrainConfig:
                 f"--retain-probe fresh is for --method eupmu (λ from ℓ_r re-measured after the step); "
                 f"--method {self.method} measures no Δℓ_r after the step: drop --retain-probe"
             )
+        if not (math.isfinite(self.retain_unconditional) and 0 <= self.retain_unconditional <= 1):
+            raise InputError(f"--retain-unconditional is a share in [0, 1], got {self.retain_unconditional}")
         if self.lora_rank < 1:
             raise InputError(f"--lora-rank must be at least 1, got {self.lora_rank}")
         if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):

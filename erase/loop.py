@@ -12,7 +12,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from erase.lineage import Lineage, read_lineage
 from erase.mask import FeasibleMask
 from erase.params import PARAMETER_SETS, changed_tensors, tensors_fingerprint
 from erase.xt_sources import X_SOURCES, Draw
+from pipelines.conditioning import Conditioning
 from pipelines.families import family_of
 from pipelines.files import atomic_path, write_json_atomic, write_text_atomic
 from pipelines.loading import check_sampler_steps, load_pipeline
@@ -163,6 +164,7 @@ class ErasureRun:
         self.conditions = {"forget": self.family.encode(pipe, self.forget_prompts)}
         if self.retain_prompts:
             self.conditions["retain"] = self.family.encode(pipe, self.retain_prompts)
+            self.unconditional = self.family.encode(pipe, [""])
         self.anchors = self.family.encode(pipe, self.anchor_prompts)
         self.space = EpsilonSpace(pipe.scheduler)
         if cfg.resume and self.space.kind != LOSS_UNITS and self.saved.get("loss_units") != LOSS_UNITS:
@@ -297,6 +299,18 @@ class ErasureRun:
     def _draw(self, kind: str, batch: int) -> Draw:
         return self.x_source.draw(kind, batch, self.generator, self._denoise_current)
 
+    def _draw_retain(self) -> Draw:
+        """A retain batch whose first ``--retain-unconditional`` share of rows carry ∅ in place of
+        their prompt (the rows are drawn at random, so the first ones are as good as any): the
+        retain loss then also holds the ∅ prediction that guidance mixes into every image, on
+        the latents of the concepts to keep (erasing "plain" moved it and took "red" along)."""
+        draw = self._draw("retain", self.config.batch_size)
+        count = round(self.config.retain_unconditional * len(draw.rows))
+        if not count:
+            return draw
+        cond = Conditioning.cat([self.unconditional.expand(count), draw.cond[count:]])
+        return replace(draw, cond=cond)
+
     def _denoise_current(self, x_t, t, cond):
         """The trainable UNet's raw output, no grad (the sample-to-t source samples with it)."""
         with torch.no_grad(), self.accelerator.autocast():
@@ -399,7 +413,7 @@ class ErasureRun:
             log |= self._adversarial_round()
         batch = {"forget": self._draw("forget", cfg.batch_size)}
         if "retain" in self.conditions:
-            batch["retain"] = self._draw("retain", cfg.batch_size)
+            batch["retain"] = self._draw_retain()
             batch["retain_target"] = self._frozen_epsilon(batch["retain"])
         samples = self._retain_gradient_samples(batch) if self.mask is not None else None
 
@@ -415,7 +429,7 @@ class ErasureRun:
         log |= {"loss_forget": value_u, "loss_retain": value_r}
         probe, probe_before = batch, value_r
         if value_r is not None and self.balancer.fresh_probe:  # a retain batch this step does not train on
-            probe = {"retain": self._draw("retain", cfg.batch_size)}
+            probe = {"retain": self._draw_retain()}
             probe["retain_target"] = self._frozen_epsilon(probe["retain"])
             probe_before = self._retain_value_now(probe)
         log |= self.balancer.backward(loss_u, loss_r, self.params, self._backward, value_r)
