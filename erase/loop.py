@@ -28,6 +28,7 @@ from erase.half_frozen import HalfFrozen
 from erase.lineage import Lineage, read_lineage
 from erase.mask import FeasibleMask
 from erase.params import PARAMETER_SETS, changed_tensors, tensors_fingerprint
+from erase.retain_focus import RetainFocus
 from erase.xt_sources import X_SOURCES, Draw
 from pipelines.conditioning import Conditioning
 from pipelines.families import family_of
@@ -165,6 +166,7 @@ class ErasureRun:
         if self.retain_prompts:
             self.conditions["retain"] = self.family.encode(pipe, self.retain_prompts)
             self.unconditional = self.family.encode(pipe, [""])
+        self.focus = RetainFocus(len(self.retain_prompts), cfg.retain_focus) if cfg.retain_focus else None
         self.anchors = self.family.encode(pipe, self.anchor_prompts)
         self.space = EpsilonSpace(pipe.scheduler)
         if cfg.resume and self.space.kind != LOSS_UNITS and self.saved.get("loss_units") != LOSS_UNITS:
@@ -293,6 +295,8 @@ class ErasureRun:
             self.accelerator.scaler.load_state_dict(scaler_state)
         if self.adversarial is not None:
             self.adversarial.load_state(extra, started=step > self.config.adversarial_every)
+        if self.focus is not None:
+            self.focus.load_state(extra)
         self.start_step = step
 
     # 2. One step ----------------------------------------------------------------------------
@@ -304,12 +308,17 @@ class ErasureRun:
         their prompt (the rows are drawn at random, so the first ones are as good as any): the
         retain loss then also holds the ∅ prediction that guidance mixes into every image, on
         the latents of the concepts to keep (erasing "plain" moved it and took "red" along)."""
-        draw = self._draw("retain", self.config.batch_size)
-        count = round(self.config.retain_unconditional * len(draw.rows))
+        weights = self.focus.weights() if self.focus is not None else None
+        draw = self.x_source.draw("retain", self.config.batch_size, self.generator, self._denoise_current, weights)
+        count = self._unconditional_rows()
         if not count:
             return draw
         cond = Conditioning.cat([self.unconditional.expand(count), draw.cond[count:]])
         return replace(draw, cond=cond)
+
+    def _unconditional_rows(self) -> int:
+        """How many leading rows of a retain batch carry ∅ (``--retain-unconditional``)."""
+        return round(self.config.retain_unconditional * self.config.batch_size)
 
     def _denoise_current(self, x_t, t, cond):
         """The trainable UNet's raw output, no grad (the sample-to-t source samples with it)."""
@@ -333,7 +342,10 @@ class ErasureRun:
         draw, target = batch["retain"], batch["retain_target"]
         if part is not None:
             draw, target = draw[part], target[part]
-        return losses.retain_loss(self._epsilon(self.unet, draw), target)
+        eps = self._epsilon(self.unet, draw)
+        if part is None:  # each row's own loss, for --retain-focus (the batch's mean is the loss)
+            batch["retain_row_losses"] = (eps.detach() - target).pow(2).flatten(1).mean(1)
+        return losses.retain_loss(eps, target)
 
     def _step_losses(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.config
@@ -427,6 +439,13 @@ class ErasureRun:
                 "lower --learning-rate or use --mixed-precision no (the last good checkpoint is kept)"
             )
         log |= {"loss_forget": value_u, "loss_retain": value_r}
+        if self.focus is not None:  # the rows under their own prompt, as they were before the step
+            prompted = slice(self._unconditional_rows(), None)
+            self.focus.observe(
+                batch["retain"].rows[prompted],
+                batch["retain_row_losses"][prompted],
+                lambda v: self.accelerator.reduce(v.to(self.accelerator.device), "sum"),
+            )
         probe, probe_before = batch, value_r
         if value_r is not None and self.balancer.fresh_probe:  # a retain batch this step does not train on
             probe = {"retain": self._draw_retain()}
@@ -537,9 +556,11 @@ class ErasureRun:
         unet = self.accelerator.unwrap_model(self.unet)
         trainable = {n: p for n, p in unet.named_parameters() if n in self.param_names}
         scaler = self.accelerator.scaler.state_dict() if self.accelerator.scaler is not None else None
-        extra = self.adversarial.state() if self.adversarial is not None else None
+        extra = {}
+        for part in (self.adversarial, self.focus):
+            extra |= part.state() if part is not None else {}
         save_checkpoint(
-            self.output, step, trainable, self.optimizer, self.balancer.state_dict(), rng_states, scaler, extra
+            self.output, step, trainable, self.optimizer, self.balancer.state_dict(), rng_states, scaler, extra or None
         )
 
     def _save_pipeline(self) -> None:

@@ -87,6 +87,7 @@ CASES = [
     ("train-lambda-warmup-two", TRAIN + ["--concept", "x", "--lambda-warmup", "2"], "--lambda-warmup must be at"),
     ("train-lora-dropout-one", TRAIN + ["--concept", "x", "--parameters", "lora", "--lora-dropout", "1"], "[0, 1)"),
     ("train-retain-unconditional-above-one", TRAIN + ["--concept", "x", "--retain-unconditional", "1.5"], "[0, 1]"),
+    ("train-retain-focus-negative", TRAIN + ["--concept", "x", "--retain-focus", "-0.5"], "[0, 1]"),
     ("train-t-range", TRAIN + ["--concept", "x", "--t-min", "500", "--t-max", "100"], "--t-min ≤ --t-max"),
     (
         "train-mask-delta",

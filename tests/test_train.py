@@ -160,6 +160,7 @@ RESUME_CASES = {
     # the prefixes found by the round at step 2 are in the step-3 checkpoint and condition step 4
     "adversarial": dict(method="eupmu", adversarial_every=2, adversarial_iterations=2, checkpoint_every=3),
     "retain-unconditional": dict(method="eupmu", retain_unconditional=0.5, retain_probe="fresh"),
+    "retain-focus": dict(method="weighted", retain_focus=0.5),  # the drift averages travel
     # a checkpoint from before the first round: the plain prompts until it runs
     "adversarial-before-first-round": dict(method="weighted", adversarial_every=3, adversarial_iterations=2),
 }
@@ -593,3 +594,34 @@ def test_holding_the_unconditional_prediction_keeps_it_closer_to_the_original(tm
             ]
     assert drift[0.5][0] < 0.3 * drift[0.0][0], drift
     assert drift[0.5][1] < 1.5 * drift[0.0][1], drift
+
+
+def test_retain_focus_draws_the_retain_batch_by_each_prompts_drift(tiny_pipeline_dir, retain_file, tmp_path):
+    """--retain-focus: uniform draws until some retain prompt has drifted (step 1's batch is taken
+    before any update, so its losses are 0), then the focus's weights, recomputed from every
+    step's rows under their own prompt (not the ∅ rows)."""
+    config = tiny_config(
+        tiny_pipeline_dir, retain_file, tmp_path / "run", batch_size=4, retain_focus=0.5, retain_unconditional=0.5
+    )
+    run = _ready_run(config)
+    draws, observed = [], []
+    real_draw, real_observe = run.x_source.draw, run.focus.observe
+
+    def record_draw(kind, batch, generator, denoise, weights=None):
+        if kind == "retain":
+            draws.append(None if weights is None else weights.clone())
+        return real_draw(kind, batch, generator, denoise, weights)
+
+    def record_observe(rows, errors, total):
+        observed.append((rows.clone(), errors.clone()))
+        return real_observe(rows, errors, total)
+
+    run.x_source.draw, run.focus.observe = record_draw, record_observe
+    for step in range(4):
+        run.step = step
+        run.train_step()
+    assert draws[:2] == [None, None] and all(w is not None for w in draws[2:])
+    assert [len(rows) for rows, _ in observed] == [2, 2, 2, 2]  # the two rows under their prompt
+    assert float(observed[0][1].abs().max()) == 0 and float(observed[1][1].min()) > 0
+    assert (run.focus.drift > 0).any()
+    torch.testing.assert_close(draws[-1].sum().item(), 1.0)

@@ -2,7 +2,8 @@
 
 Each source is built as ``Source(pipe, family, prompts, conditions, config, progress)`` (prompts
 and their conditioning by kind, "forget" and "retain") and offers
-``draw(kind, batch, generator, denoise) -> Draw``.
+``draw(kind, batch, generator, denoise, weights=None) -> Draw`` (``weights``: each prompt's
+probability of being drawn; None draws uniformly).
 """
 
 from __future__ import annotations

@@ -31,10 +31,15 @@ class LatentBank:
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.t_min, self.t_max = config.t_min, config.t_max
 
-    def draw(self, kind: str, batch: int, generator: torch.Generator, denoise: Denoiser) -> Draw:
+    def draw(self, kind: str, batch: int, generator: torch.Generator, denoise: Denoiser, weights=None) -> Draw:
+        """``weights``: each prompt's probability of being drawn (None: uniform over the bank)."""
         bank = self.latents[kind]
         prompts, per_prompt = bank.shape[:2]
-        index = torch.randint(0, prompts * per_prompt, (batch,), generator=generator)
+        if weights is None:
+            index = torch.randint(0, prompts * per_prompt, (batch,), generator=generator)
+        else:
+            chosen = torch.multinomial(weights, batch, replacement=True, generator=generator)
+            index = chosen * per_prompt + torch.randint(0, per_prompt, (batch,), generator=generator)
         t = torch.randint(self.t_min, self.t_max + 1, (batch,), generator=generator)
         noise = torch.randn((batch, *bank.shape[2:]), generator=generator)
         device = bank.device

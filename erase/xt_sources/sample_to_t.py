@@ -32,13 +32,17 @@ class SampleToT:
             )
 
     @torch.no_grad()
-    def draw(self, kind: str, batch: int, generator: torch.Generator, denoise: Denoiser) -> Draw:
-        """Every row shares the drawn t; guidance as the bank's (unconditional + g·(cond − uncond))."""
+    def draw(self, kind: str, batch: int, generator: torch.Generator, denoise: Denoiser, weights=None) -> Draw:
+        """Every row shares the drawn t; guidance as the bank's (unconditional + g·(cond − uncond)).
+        ``weights``: each prompt's probability of being drawn (None: uniform)."""
         conditions = self.conditions[kind]
         device = conditions.device
         timesteps = self.sampler.timesteps
         stop = self.stops[int(torch.randint(0, len(self.stops), (1,), generator=generator))]
-        rows = torch.randint(0, len(conditions), (batch,), generator=generator).to(device)
+        if weights is None:
+            rows = torch.randint(0, len(conditions), (batch,), generator=generator).to(device)
+        else:
+            rows = torch.multinomial(weights, batch, replacement=True, generator=generator).to(device)
         shape = (batch, self.channels, *self.latent_size)
         latents = (torch.randn(shape, generator=generator) * self.sampler.init_noise_sigma).to(device)
         cond = conditions[rows]
