@@ -14,12 +14,16 @@ from pipelines.conditioning import Conditioning
 
 
 def test_drift_is_each_prompts_running_loss_and_weights_follow_it():
-    focus = RetainFocus(3, share=0.5, decay=0.9)
+    focus = RetainFocus(3, share=0.5, decay=0.9, power=1.0)
     assert focus.weights() is None  # nothing seen yet: uniform
     focus.observe(torch.tensor([0, 0, 2]), torch.tensor([1.0, 3.0, 5.0]))
     assert focus.drift.tolist() == [2.0, 0.0, 5.0]  # first sight: the batch's mean per prompt
     expected = torch.tensor([0.5 / 3 + 0.5 * 2 / 7, 0.5 / 3, 0.5 / 3 + 0.5 * 5 / 7], dtype=torch.float64)
     torch.testing.assert_close(focus.weights(), expected)
+    squared = RetainFocus(3, share=0.5, power=2.0)
+    squared.drift = focus.drift.clone()
+    expected = torch.tensor([0.5 / 3 + 0.5 * 4 / 29, 0.5 / 3, 0.5 / 3 + 0.5 * 25 / 29], dtype=torch.float64)
+    torch.testing.assert_close(squared.weights(), expected)
     focus.observe(torch.tensor([0]), torch.tensor([4.0]))
     torch.testing.assert_close(focus.drift, torch.tensor([0.9 * 2 + 0.1 * 4, 0.0, 5.0], dtype=torch.float64))
 
