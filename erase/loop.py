@@ -304,10 +304,11 @@ class ErasureRun:
         return self.x_source.draw(kind, batch, self.generator, self._denoise_current)
 
     def _draw_retain(self) -> Draw:
-        """A retain batch whose first ``--retain-unconditional`` share of rows carry ∅ in place of
-        their prompt (the rows are drawn at random, so the first ones are as good as any): the
-        retain loss then also holds the ∅ prediction that guidance mixes into every image, on
-        the latents of the concepts to keep (erasing "plain" moved it and took "red" along)."""
+        """A retain batch, its prompts drawn by ``--retain-focus``'s weights (uniformly without),
+        whose first ``--retain-unconditional`` share of rows carry ∅ in place of their prompt (the
+        rows are drawn at random, so the first ones are as good as any): the retain loss then also
+        holds the ∅ prediction that guidance mixes into every image, on the latents of the
+        concepts to keep (erasing "plain" moved it and took "red" along)."""
         weights = self.focus.weights() if self.focus is not None else None
         draw = self.x_source.draw("retain", self.config.batch_size, self.generator, self._denoise_current, weights)
         count = self._unconditional_rows()
@@ -343,7 +344,7 @@ class ErasureRun:
         if part is not None:
             draw, target = draw[part], target[part]
         eps = self._epsilon(self.unet, draw)
-        if part is None:  # each row's own loss, for --retain-focus (the batch's mean is the loss)
+        if part is None and self.focus is not None:  # each row's own loss (the batch's mean is ℓ_r)
             batch["retain_row_losses"] = (eps.detach() - target).pow(2).flatten(1).mean(1)
         return losses.retain_loss(eps, target)
 

@@ -45,26 +45,24 @@ def project_to_simplex(values: torch.Tensor, candidates: int = 2048) -> torch.Te
     was 40% of a style attack's time); a row whose support may reach past them is sorted in full.
     Both give the same θ bit for bit: the same leading values, summed in the same order."""
     if values.shape[-1] <= candidates:
-        return _project_sorted(values, values.sort(dim=-1, descending=True).values)
-    top = values.topk(candidates, dim=-1).values
-    projected, support = _project_sorted(values, top, with_support=True)
+        return _project_sorted(values, values.sort(dim=-1, descending=True).values)[0]
+    projected, support = _project_sorted(values, values.topk(candidates, dim=-1).values)
     unsure = support >= candidates  # positive up to the last candidate: the support may go on
     if unsure.any():
         rows = values[unsure]
-        projected[unsure] = _project_sorted(rows, rows.sort(dim=-1, descending=True).values)
+        projected[unsure] = _project_sorted(rows, rows.sort(dim=-1, descending=True).values)[0]
     return projected
 
 
-def _project_sorted(values: torch.Tensor, ordered: torch.Tensor, with_support: bool = False):
+def _project_sorted(values: torch.Tensor, ordered: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The projection given each row's largest entries in descending order (all of them, or
-    enough to hold the support); with ``with_support``, also how many of them stay positive."""
+    enough to hold the support), and how many entries of each row stay positive."""
     cumulative = ordered.cumsum(-1) - 1
     index = torch.arange(1, ordered.shape[-1] + 1, device=values.device, dtype=values.dtype)
     support = (ordered - cumulative / index > 0).to(values.dtype) * index
     rho = support.amax(-1, keepdim=True).long()  # how many entries stay positive
     threshold = cumulative.gather(-1, rho - 1) / rho.to(values.dtype)
-    projected = (values - threshold).clamp_min(0)
-    return (projected, rho.squeeze(-1)) if with_support else projected
+    return (values - threshold).clamp_min(0), rho.squeeze(-1)
 
 
 class _SampleTokens(torch.autograd.Function):
