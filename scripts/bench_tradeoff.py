@@ -15,7 +15,9 @@ only scores what is missing. Writes <output>/tradeoff.json, tradeoff.md and trad
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import json
 import statistics
 import sys
@@ -89,7 +91,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     out = Path(args.output)
     judge = DigitStyleJudge()
-    _, base_entries = score("default", out / "images" / "base", args.images_per_prompt)
+    out.mkdir(parents=True, exist_ok=True)
+    with _shared(out):  # a second process started alongside waits for the base images
+        _, base_entries = score("default", out / "images" / "base", args.images_per_prompt)
     results_file = out / "tradeoff.json"
     rows = json.loads(results_file.read_text()) if results_file.is_file() else []
     points = _points(args.only, p)
@@ -145,10 +149,23 @@ ALL_TARGETS = [f"class:{w}" for w in DIGIT_WORDS] + [f"style:{s}" for s in STYLE
 def _append_row(results_file: Path, row: dict) -> list[dict]:
     """Add ``row`` to the results on disk as they are now: several runs of this script may share
     one --output (different targets or settings), and each keeps the others' rows."""
-    rows = json.loads(results_file.read_text()) if results_file.is_file() else []
-    rows.append(row)
-    write_json_atomic(results_file, rows)
+    with _shared(results_file.parent):  # no row lost to a write from another process in between
+        rows = json.loads(results_file.read_text()) if results_file.is_file() else []
+        rows.append(row)
+        write_json_atomic(results_file, rows)
     return rows
+
+
+@contextlib.contextmanager
+def _shared(out: Path):
+    """Hold <out>/.bench.lock while the block runs, waiting for another process that holds it
+    (the erase commands' own locks refuse instead of waiting)."""
+    with open(out / ".bench.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _tag(target: str, method: str, setting: str, seed: int) -> str:
