@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import sys
 import time
 from dataclasses import asdict, replace
@@ -47,6 +48,9 @@ LOG_NAME = "train_log.jsonl"
 LOSS_UNITS = "epsilon"  # every loss is computed on predictions converted to ε (pipelines/prediction.py)
 STAGING = ".pipeline"  # the finished pipeline is written here, then moved into the run folder
 # Fields that may differ between a run and its --resume: they do not change what is computed.
+# Settings added with a default other than what runs before them did: a run folder that does not
+# record one was started with this value, and resuming it under the new default would mix two runs.
+_BEFORE_RECORDED = {"retain_unconditional": 0.0, "retain_focus": 0.0}
 _RESUME_MAY_CHANGE = {
     "output",
     "resume",
@@ -57,6 +61,15 @@ _RESUME_MAY_CHANGE = {
     "gradient_checkpointing",  # memory levers: the same numbers, computed with less memory
     "offload_encoders",
 }
+
+
+def _as_flag(name: str, value) -> str:
+    """How a setting is given on the command line, for messages (the compared switches all
+    default to off, so "without" the flag is how a False or None one is given)."""
+    flag = f"--{name.replace('_', '-')}"
+    if value is None or value is False:
+        return f"without {flag}"
+    return flag if value is True else f"{flag} {shlex.quote(str(value))}"
 
 
 class NonFiniteLossError(InputError):
@@ -257,14 +270,20 @@ class ErasureRun:
         except (ValueError, UnicodeDecodeError):
             raise InputError(f"{saved_file} is damaged; use --overwrite to start the run afresh") from None
         self.saved = saved
+        differ = []  # (name, started with, given now)
         for name, value in asdict(self.config).items():
-            if name in _RESUME_MAY_CHANGE or name not in saved:
+            if name in _RESUME_MAY_CHANGE or (name not in saved and name not in _BEFORE_RECORDED):
                 continue
-            if json.loads(json.dumps(value)) != saved[name]:
-                raise InputError(
-                    f"--resume: {self.output} was started with {name}={saved[name]!r}, not {value!r}; "
-                    "resume with the same settings, or use --overwrite to start afresh"
-                )
+            started = saved.get(name, _BEFORE_RECORDED.get(name))
+            if json.loads(json.dumps(value)) != started:
+                differ.append((name, started, value))
+        if differ:
+            was = ", ".join(f"{name}={started!r}, not {value!r}" for name, started, value in differ)
+            flags = " ".join(_as_flag(name, started) for name, started, _ in differ)
+            raise InputError(
+                f"--resume: {self.output} was started with {was}; resume with the same settings "
+                f"({flags}), or use --overwrite to start afresh"
+            )
 
     def is_complete(self) -> bool:
         """A finished run: the pipeline is saved (model_index.json last) and no checkpoint is left."""

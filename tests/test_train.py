@@ -626,3 +626,34 @@ def test_retain_focus_draws_the_retain_batch_by_each_prompts_drift(tiny_pipeline
     assert float(observed[0][1].abs().max()) == 0 and float(observed[1][1].min()) > 0
     assert (run.focus.drift > 0).any()
     torch.testing.assert_close(draws[-1].sum().item(), 1.0)
+
+
+def test_resuming_a_run_from_before_the_retain_defaults_keeps_its_settings(
+    tiny_pipeline_dir, retain_file, tmp_path, monkeypatch, capsys
+):
+    """A run folder written before --retain-unconditional and --retain-focus existed ran with both
+    at 0: resuming it at the new defaults is refused, naming the flag to give; given, it resumes."""
+    settings = dict(steps=4, checkpoint_every=2, retain_unconditional=0.0, retain_focus=0.0)
+    real, calls = loop.ErasureRun.train_step, []
+
+    def stops_after_the_checkpoint(self):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(loop.ErasureRun, "train_step", stops_after_the_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "old", **settings))
+    monkeypatch.setattr(loop.ErasureRun, "train_step", real)
+    saved_file = tmp_path / "old" / "train_config.json"
+    saved = json.loads(saved_file.read_text())
+    for name in ("retain_unconditional", "retain_focus"):
+        del saved[name]  # as an older erase wrote it
+    saved_file.write_text(json.dumps(saved))
+    flags = ["train", "--model", str(tiny_pipeline_dir), "--concept", "a red circle", "--retain", str(retain_file)]
+    flags += ["--output", str(tmp_path / "old"), "--steps", "4", "--checkpoint-every", "2", "--batch-size", "2"]
+    flags += ["--bank-size", "1", "--bank-steps", "1", "--learning-rate", "1e-2", "--no-progress", "--resume"]
+    assert main(flags) == 2
+    assert "(--retain-focus 0.0 --retain-unconditional 0.0)" in capsys.readouterr().err  # both, in one line
+    assert main([*flags, "--retain-unconditional", "0", "--retain-focus", "0"]) == 0
