@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_until import killed_in_step
 
 import erase.loop as loop
 from erase.balancers.base import flat_params
@@ -126,19 +127,8 @@ def test_the_loss_scalers_state_travels_in_checkpoints(tiny_pipeline_dir, retain
     whole.check_inputs()
     whole.setup()
     whole.train()
-    real = loop.ErasureRun.train_step
-    calls = []
-
-    def stops(self):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(self)
-
-    monkeypatch.setattr(loop.ErasureRun, "train_step", stops)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_in_step(4), pytest.raises(KeyboardInterrupt):
         loop.train(config(tiny_pipeline_dir, retain_file, tmp_path / "cut", **settings))
-    monkeypatch.setattr(loop.ErasureRun, "train_step", real)
     state = json.loads((tmp_path / "cut" / "checkpoints" / "step-0000002" / "state.json").read_text())
     assert state["scaler"]["scale"] == 2.0**6  # 2⁴ doubled after each of two steps
     resumed = loop.ErasureRun(config(tiny_pipeline_dir, retain_file, tmp_path / "cut", resume=True, **settings))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
+from train_until import killed_in_step
 
 import erase.loop as loop
 from erase.balancers.base import flat_params
@@ -167,28 +168,16 @@ RESUME_CASES = {
 
 
 @pytest.mark.parametrize("case", list(RESUME_CASES))
-def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_pipeline_dir, retain_file, tmp_path, monkeypatch, case):
+def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_pipeline_dir, retain_file, tmp_path, case):
     settings = dict(steps=5, checkpoint_every=2, retain_budget=0.0, lambda_lr=1e4) | RESUME_CASES[case]
     whole = loop.train(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "whole", **settings))
 
-    real = loop.ErasureRun.train_step
-    calls = []
-
     stop = min(settings["checkpoint_every"] + 2, settings["steps"])  # killed between checkpoints
-
-    def stops_after_a_checkpoint(self):
-        calls.append(1)
-        if len(calls) == stop:
-            raise KeyboardInterrupt
-        return real(self)
-
-    monkeypatch.setattr(loop.ErasureRun, "train_step", stops_after_a_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_in_step(stop), pytest.raises(KeyboardInterrupt):
         loop.train(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "cut", **settings))
     checkpoint = f"step-{settings['checkpoint_every']:07d}"
     assert (tmp_path / "cut" / "checkpoints" / checkpoint / "state.json").is_file()
     assert not (tmp_path / "cut" / "model_index.json").exists()  # not a loadable pipeline until done
-    monkeypatch.setattr(loop.ErasureRun, "train_step", real)
     resumed = loop.train(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "cut", resume=True, **settings))
 
     a, b = unet_weights(whole), unet_weights(resumed)
@@ -629,23 +618,13 @@ def test_retain_focus_draws_the_retain_batch_by_each_prompts_drift(tiny_pipeline
 
 
 def test_resuming_a_run_from_before_the_retain_defaults_keeps_its_settings(
-    tiny_pipeline_dir, retain_file, tmp_path, monkeypatch, capsys
+    tiny_pipeline_dir, retain_file, tmp_path, capsys
 ):
     """A run folder written before --retain-unconditional and --retain-focus existed ran with both
     at 0: resuming it at the new defaults is refused, naming the flag to give; given, it resumes."""
     settings = dict(steps=4, checkpoint_every=2, retain_unconditional=0.0, retain_focus=0.0)
-    real, calls = loop.ErasureRun.train_step, []
-
-    def stops_after_the_checkpoint(self):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(self)
-
-    monkeypatch.setattr(loop.ErasureRun, "train_step", stops_after_the_checkpoint)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_in_step(3), pytest.raises(KeyboardInterrupt):
         loop.train(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "old", **settings))
-    monkeypatch.setattr(loop.ErasureRun, "train_step", real)
     saved_file = tmp_path / "old" / "train_config.json"
     saved = json.loads(saved_file.read_text())
     for name in ("retain_unconditional", "retain_focus"):

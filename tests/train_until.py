@@ -1,25 +1,38 @@
-"""`python tests/train_until.py N erase-args...`: run the `erase` CLI, but raise KeyboardInterrupt
-in the N-th training step on every process — a kill between checkpoints that hits all ranks at
-the same point, for resume tests run under torchrun (monkeypatching needs a process of its own)."""
+"""A kill between checkpoints: the N-th training step raises KeyboardInterrupt.
+
+``killed_in_step(n)`` does it in this process (the in-process resume tests);
+`python tests/train_until.py N erase-args...` runs the `erase` CLI with it on every process, so
+that under torchrun all ranks stop at the same point (monkeypatching needs a process of its own)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from erase import loop
-from erase.cli import main
-
-stop_at = int(sys.argv.pop(1))
-real_step = loop.ErasureRun.train_step
-calls = []
 
 
-def stopping_step(self):
-    calls.append(1)
-    if len(calls) == stop_at:
-        raise KeyboardInterrupt
-    return real_step(self)
+@contextlib.contextmanager
+def killed_in_step(stop_at: int):
+    """While the block runs, the ``stop_at``-th call of a training step raises KeyboardInterrupt
+    (counted from the block's start); the real step is back afterwards."""
+    real_step, calls = loop.ErasureRun.train_step, []
+
+    def stopping_step(self):
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    loop.ErasureRun.train_step = stopping_step
+    try:
+        yield
+    finally:
+        loop.ErasureRun.train_step = real_step
 
 
-loop.ErasureRun.train_step = stopping_step
-sys.exit(main(sys.argv[1:]))
+if __name__ == "__main__":
+    from erase.cli import main
+
+    with killed_in_step(int(sys.argv.pop(1))):
+        sys.exit(main(sys.argv[1:]))
