@@ -44,10 +44,12 @@ class TrainConfig:
         default=False, metadata={"help": "allow a .ckpt/.pt/.bin base model (read with weights_only=True)"}
     )
     method: Method = field(
-        default="eupmu",
+        default="eupmu-fast",
         metadata={
-            "help": "how ℓ_u and ℓ_r are balanced: eupmu (one backward of ℓ_u + λ·ℓ_r, λ from ℓ_r re-measured after "
-            "the step), eupmu-fast (λ from the next batch's ℓ_r), explicit (two backwards, closed-form λ*; the update "
+            "help": "how ℓ_u and ℓ_r are balanced: eupmu-fast (one backward of ℓ_u + λ·ℓ_r, λ moved by the change of "
+            "ℓ_r from batch to batch, smoothed: it tracks ℓ_r's level, and costs no extra forward), eupmu (λ from ℓ_r "
+            "re-measured on the same batch after the step: the paper's rule, one extra forward; on the default model "
+            "its λ is bang-bang), explicit (two backwards, closed-form λ*; the update "
             "Adam applies is then projected so ℓ_r rises at most --retain-budget per step, to first order), "
             "weighted (ℓ_u + w·ℓ_r), none (ESD: ℓ_u alone)"
         },
@@ -82,9 +84,13 @@ class TrainConfig:
         default=0.0,
         metadata={"help": "ε_abs: allowed rise of ℓ_r per step, in loss units (eupmu*, explicit); 0 = never rise"},
     )
-    lambda_lr: float = field(
-        default=3e6,
-        metadata={"help": "β_abs: λ's change per unit of ℓ_r overrun (ℓ_r moves ~1e-6 a step on the default model)"},
+    lambda_lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "β_abs: λ's change per unit of ℓ_r overrun, in loss units (default per method: 3e6 for eupmu, "
+            "whose same-batch Δℓ_r is ~1e-6 a step on the default model; 3e4 for eupmu-fast, whose λ sums to β × "
+            "the level of ℓ_r, ~1e-4–1e-3 there)"
+        },
     )
     lambda_gain: float | None = field(
         default=None,
@@ -100,15 +106,25 @@ class TrainConfig:
             "λ then starts from their median"
         },
     )
-    retain_probe: Literal["same", "fresh"] = field(
+    retain_probe: Literal["same", "fresh", "next"] = field(
         default="same",
         metadata={
             "help": "eupmu: the batch Δℓ_r is measured on, before and after the step: `same` = the step's own retain "
             "batch (the paper; one extra forward), `fresh` = a retain batch the step did not train on (two extra "
-            "forwards; not biased low by the step fitting its own batch)"
+            "forwards; not biased low by the step fitting its own batch), `next` = the next step's retain batch, "
+            "measured before this step and by the next step's own retain loss (unbiased like fresh, one extra "
+            "forward like same; λ's update waits a step, and none is made across a checkpoint)"
         },
     )
     lambda_init: float = field(default=0.0, metadata={"help": "λ's start (without --lambda-gain)"})
+    lambda_smoothing: float | None = field(
+        default=None,
+        metadata={
+            "help": "eupmu-fast: decay of the running average of ℓ_r whose change from step to step drives λ "
+            "(0 = the raw next-batch ℓ_r, the paper's; 0.9 averages over ~10 batches, so batch-to-batch noise "
+            "moves λ ~4× less)"
+        },
+    )
     lambda_max: float = field(default=100.0, metadata={"help": "D: λ is clipped to [0, D]"})
     retain_weight: float = field(default=1.0, metadata={"help": "w for --method weighted"})
     retain_focus: float = field(
@@ -199,6 +215,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
+        for name, value in BALANCERS[self.method].defaults.items():  # the method's own defaults
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         if self.concept is not None and not self.concept.strip():
             raise InputError('--concept is empty; give the prompt to erase, e.g. "a plain drawing of the digit three"')
         if (self.concept is None) == (self.forget is None):
@@ -231,11 +250,18 @@ class TrainConfig:
             raise InputError(f"--lambda-gain must be a finite number > 0, got {self.lambda_gain}")
         if self.lambda_warmup < 3:
             raise InputError(f"--lambda-warmup must be at least 3 (steps to measure on), got {self.lambda_warmup}")
+        if not (math.isfinite(self.lambda_smoothing) and 0 <= self.lambda_smoothing < 1):
+            raise InputError(f"--lambda-smoothing is a decay in [0, 1), got {self.lambda_smoothing}")
+        if self.lambda_smoothing and self.method != "eupmu-fast":
+            raise InputError(
+                f"--lambda-smoothing is for --method eupmu-fast (its ℓ_r from batch to batch); "
+                f"--method {self.method} has no such average: drop --lambda-smoothing"
+            )
         if self.lambda_init > self.lambda_max:
             raise InputError(f"--lambda-init {self.lambda_init} is above --lambda-max {self.lambda_max}; lower it")
-        if self.retain_probe == "fresh" and self.method != "eupmu":
+        if self.retain_probe != "same" and self.method != "eupmu":
             raise InputError(
-                f"--retain-probe fresh is for --method eupmu (λ from ℓ_r re-measured after the step); "
+                f"--retain-probe {self.retain_probe} is for --method eupmu (λ from ℓ_r re-measured after the step); "
                 f"--method {self.method} measures no Δℓ_r after the step: drop --retain-probe"
             )
         for name in ("retain_unconditional", "retain_focus"):

@@ -50,7 +50,7 @@ STAGING = ".pipeline"  # the finished pipeline is written here, then moved into 
 # Fields that may differ between a run and its --resume: they do not change what is computed.
 # Settings added with a default other than what runs before them did: a run folder that does not
 # record one was started with this value, and resuming it under the new default would mix two runs.
-_BEFORE_RECORDED = {"retain_unconditional": 0.0, "retain_focus": 0.0}
+_BEFORE_RECORDED = {"retain_unconditional": 0.0, "retain_focus": 0.0, "lambda_smoothing": 0.0}
 _RESUME_MAY_CHANGE = {
     "output",
     "resume",
@@ -217,6 +217,8 @@ class ErasureRun:
         self.balancer = balancer_for(cfg)
         self.mask = FeasibleMask(cfg.mask_delta, cfg.mask_micro_batches) if cfg.mask == "feasible" else None
         self.generator = torch.Generator().manual_seed(cfg.seed + 7919 * self.accelerator.process_index)
+        # --retain-probe next: the next step's retain batch, drawn and measured at this step's θ
+        self.lookahead: dict | None = None
         self.start_step = 0
         if cfg.resume and (ckpt := latest_checkpoint(self.output)) is not None:
             self._restore(ckpt)
@@ -444,7 +446,10 @@ class ErasureRun:
         if self.adversarial is not None and self.step > 0 and self.step % cfg.adversarial_every == 0:
             log |= self._adversarial_round()
         batch = {"forget": self._draw("forget", cfg.batch_size)}
-        if "retain" in self.conditions:
+        ahead, self.lookahead = self.lookahead, None
+        if ahead is not None:  # drawn and measured by the previous step
+            batch["retain"], batch["retain_target"] = ahead["retain"], ahead["retain_target"]
+        elif "retain" in self.conditions:
             batch["retain"] = self._draw_retain()
             batch["retain_target"] = self._frozen_epsilon(batch["retain"])
         samples = self._retain_gradient_samples(batch) if self.mask is not None else None
@@ -467,10 +472,13 @@ class ErasureRun:
                 lambda v: self.accelerator.reduce(v.to(self.accelerator.device), "sum"),
             )
         probe, probe_before = batch, value_r
-        if value_r is not None and self.balancer.fresh_probe:  # a retain batch this step does not train on
-            probe = {"retain": self._draw_retain()}
-            probe["retain_target"] = self._frozen_epsilon(probe["retain"])
-            probe_before = self._retain_value_now(probe)
+        if ahead is not None and ahead["before"] is not None:  # the previous step's Δℓ_r, on this batch
+            log |= self.balancer.after_step(ahead["before"], lambda: value_r)
+        if value_r is not None and self.balancer.probe == "fresh":  # a retain batch this step does not train on
+            probe = self._probe_batch()
+            probe_before = probe["before"]
+        if value_r is not None and self.balancer.probe == "next" and self._looks_ahead():
+            self.lookahead = self._probe_batch()
         log |= self.balancer.backward(loss_u, loss_r, self.params, self._backward, value_r)
         keep = None
         if samples is not None:
@@ -484,18 +492,34 @@ class ErasureRun:
         self.optimizer.step()
         if self.accelerator.optimizer_step_was_skipped:  # fp16 overflow: θ did not move, so λ must not
             self.balancer.skip_step()
+            if self.lookahead is not None:
+                self.lookahead["before"] = None
             return log | {"skipped": 1.0, "loss_scale": self._loss_scale()}
         if keep is not None:  # the mask's promise is about θ: Adam's momentum would move rejected ones
             keep = self.mask.hold(self.params, before, keep, samples)
             log["mask_moved"] = keep.float().mean().item()
         if self.balancer.constrains_update:
             log |= self.balancer.constrain_update(self.params, before, keep)
-        if value_r is not None:
+        if value_r is not None and self.balancer.probe != "next":
             log |= self.balancer.after_step(probe_before, lambda: self._retain_value_now(probe))
         self._check_finite_state()
         if "retain_increase" in log and cfg.retain_budget > 0:
             log["budget_used"] = log["retain_increase"] / cfg.retain_budget
         return log
+
+    def _probe_batch(self) -> dict:
+        """A retain batch, its frozen targets and ℓ_r on it now (``before``): drawn for the
+        ``fresh`` probe, or as the next step's batch for ``next``."""
+        probe = {"retain": self._draw_retain()}
+        probe["retain_target"] = self._frozen_epsilon(probe["retain"])
+        return probe | {"before": self._retain_value_now(probe)}
+
+    def _looks_ahead(self) -> bool:
+        """``next`` draws the next step's retain batch now, except at the last step and before a
+        checkpoint: the batch is not saved in it, so a resumed run draws that step's batch
+        afresh, as an uninterrupted one does, and λ takes no update across a checkpoint."""
+        following = self.step + 1
+        return following < self.config.steps and following % self.config.checkpoint_every != 0
 
     def _check_finite_state(self) -> None:
         """Stop, like a non-finite loss does, when a step left NaN/inf weights or λ (a huge
@@ -629,6 +653,7 @@ def balancer_for(cfg: TrainConfig):
             lambda_warmup=cfg.lambda_warmup,
             learning_rate=cfg.learning_rate,
             retain_probe=cfg.retain_probe,
+            lambda_smoothing=cfg.lambda_smoothing,
         ),
     )
 

@@ -143,6 +143,18 @@ def _step_run(spec: dict, device: str, pipe, tmp: Path, **overrides):
     return run
 
 
+def default_method() -> str:
+    from erase.config import TrainConfig
+
+    return TrainConfig.method
+
+
+def method_settings(method: str) -> dict:
+    """TrainConfig fields for a --methods entry: a method, or eupmu:<probe> (eupmu:next, eupmu:fresh)."""
+    name, _, probe = method.partition(":")
+    return {"method": name} | ({"retain_probe": probe} if probe else {})
+
+
 def step_table(spec: dict) -> list[dict]:
     """One group: every method's steps on one run, interleaved (the order rotates each round)."""
     from erase.loop import balancer_for
@@ -155,17 +167,19 @@ def step_table(spec: dict) -> list[dict]:
         os.environ["ERASE_CACHE_DIR"] = tmp
         run = _step_run(spec, device, pipe, Path(tmp))
         config = run.config
-        balancers = {m: balancer_for(replace(config, method=m)) for m in methods}
+        balancers = {m: balancer_for(replace(config, **method_settings(m))) for m in methods}
+        ahead = {m: None for m in methods}  # --retain-probe next: each method's own batch drawn ahead
         times = {m: [] for m in methods}
         peaks = {m: 0.0 for m in methods}
         for round_ in range(spec["steps"] + 1):  # round 0 warms up (kernels, Adam state)
             order = methods[round_ % len(methods) :] + methods[: round_ % len(methods)]
             for method in order:
-                run.balancer, run.step = balancers[method], round_
+                run.balancer, run.step, run.lookahead = balancers[method], round_, ahead[method]
                 reset_peak(device)
                 begin = time.perf_counter()
                 run.train_step()
                 sync(device)
+                ahead[method] = run.lookahead
                 if round_:
                     times[method].append(time.perf_counter() - begin)
                     peaks[method] = max(peaks[method], peak_gib(device))
@@ -198,7 +212,7 @@ def profile_step(spec: dict) -> list[dict]:
     pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1))
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["ERASE_CACHE_DIR"] = tmp
-        run = _step_run(spec, device, pipe, Path(tmp), method=spec["method"])
+        run = _step_run(spec, device, pipe, Path(tmp), **method_settings(spec["method"]))
         for _ in range(3):  # kernels chosen, Adam state allocated, λ calibrated
             run.train_step()
         sync(device)
@@ -249,7 +263,7 @@ def end_to_end(spec: dict) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["ERASE_CACHE_DIR"] = tmp  # no bank from an earlier run
         overrides = smoke | ({"batch_size": spec["batch"]} if spec["batch"] else {}) | _typed(spec["set"])
-        config = _config(spec, device, Path(tmp) / "run", method=spec["method"], **overrides)
+        config = _config(spec, device, Path(tmp) / "run", **(method_settings(spec["method"]) | overrides))
         reset_peak(device)
         begin = time.perf_counter()
         run = ErasureRun(config, pipe)
@@ -347,7 +361,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--families", nargs="+", default=["sd15"], choices=["sd15", "sd21", "sdxl"])
     parser.add_argument("--parameters", nargs="+", default=["xattn", "full", "lora"])
-    parser.add_argument("--methods", nargs="+", default=METHODS, help="the first is the reference of the ratios")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=METHODS,
+        help="the first is the reference of the ratios; eupmu:next and eupmu:fresh time eupmu with that --retain-probe",
+    )
     parser.add_argument("--frozen", nargs="+", default=["swap"], choices=["swap", "copy"])
     parser.add_argument("--half-frozen", nargs="+", default=["off"], choices=["off", "on"])
     parser.add_argument("--batch", nargs="+", type=int, default=None, help="default 1 4 (--e2e: the run's own)")
@@ -356,7 +375,7 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=8, help="timed rounds (one step of every method each)")
     parser.add_argument("--e2e", action="store_true", help="end-to-end erase of one concept instead")
-    parser.add_argument("--e2e-method", default="eupmu", help="the method of --e2e and --profile")
+    parser.add_argument("--e2e-method", default=None, help="the method of --e2e and --profile (default: erase train's)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="--e2e: erase train settings")
     parser.add_argument("--profile", action="store_true", help="where a step's time goes, instead")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks this script only")
@@ -388,7 +407,7 @@ def main() -> None:
                 checkpointing=checkpointing == "on",
                 half_frozen=half == "on",
                 methods=args.methods,
-                method=args.e2e_method,
+                method=args.e2e_method or default_method(),
                 steps=args.steps,
                 smoke=args.smoke,
                 e2e=args.e2e,

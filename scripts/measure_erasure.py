@@ -1,7 +1,7 @@
 """Measure issue 3's quality bar: erase a digit and a style from the default model with each
 method at its default settings, then ask the shipped classifier what the erased model draws.
 
-    python scripts/measure_erasure.py                                   # eupmu, none, weighted
+    python scripts/measure_erasure.py                          # eupmu-fast (the default), eupmu, none, weighted
     python scripts/measure_erasure.py --methods eupmu --targets class:three --seed 1
 
 For each run it reports the training time and, over all 40 digit × style prompts (10 images
@@ -98,7 +98,7 @@ def meets_bar(row: dict) -> bool:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=["eupmu", "none", "weighted"])
+    p.add_argument("--methods", nargs="+", default=["eupmu-fast", "eupmu", "none", "weighted"])
     p.add_argument("--targets", nargs="+", default=["class:three", "style:red"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--images-per-prompt", type=int, default=10)

@@ -9,8 +9,18 @@ bash scripts/setup.sh
 root="${1:-.}"
 run="$root/runs/quickstart-three"
 report="$root/reports/quickstart-three"
-again=()
-[ -f "$run/train_config.json" ] && again=(--resume)  # finished: returns at once; killed: continues
-.venv/bin/erase train --forget default/classes/three-forget --output "$run" "${again[@]}"
+erase_three() { .venv/bin/erase train --forget default/classes/three-forget --output "$run" "$@"; }
+if [ ! -f "$run/train_config.json" ]; then
+  erase_three
+else  # finished: returns at once; killed: continues
+  status=0
+  erase_three --resume || status=$?
+  if [ "$status" = 2 ]; then  # made by an earlier version under other defaults: this script's own run, made again
+    echo "quickstart: $run was made under other defaults (above); erasing three again into it" >&2
+    erase_three --overwrite
+  elif [ "$status" != 0 ]; then
+    exit "$status"
+  fi
+fi
 .venv/bin/erase eval "$run" --output "$report"
 echo "open $report/report.html in a browser: the scores, base-vs-erased grids and training curves"

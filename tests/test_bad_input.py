@@ -108,6 +108,12 @@ CASES = [
         TRAIN + ["--concept", "x", "--method", "weighted", "--retain-probe", "fresh"],
         "--retain-probe fresh is for --method eupmu",
     ),
+    ("train-lambda-smoothing-one", TRAIN + ["--concept", "x", "--lambda-smoothing", "1"], "a decay in [0, 1)"),
+    (
+        "train-lambda-smoothing-wrong-method",
+        TRAIN + ["--concept", "x", "--method", "eupmu", "--lambda-smoothing", "0.9"],
+        "--lambda-smoothing is for --method eupmu-fast",
+    ),
     ("train-lora-rank-zero", TRAIN + ["--concept", "x", "--parameters", "lora", "--lora-rank", "0"], "--lora-rank"),
     ("train-half-frozen-fp32", TRAIN + ["--concept", "x", "--half-frozen"], "--mixed-precision bf16"),
     ("train-adversarial-negative", TRAIN + ["--concept", "x", "--adversarial-every", "-1"], "--adversarial-every"),

@@ -335,6 +335,25 @@ def test_fast_implicit_learns_from_the_averaged_retain_value_when_the_loop_gives
     assert logs["retain_increase"] == 0.5 and logs["lambda"] == 0.5
 
 
+def test_fast_implicit_with_smoothing_follows_a_running_average_of_the_retain_loss():
+    """d = 0.75, β = 10, ε = 0: ℓ_r of 0, 0.4, 0.0, 0.4 gives averages 0, 0.1, 0.075, 0.15625,
+    so λ = β × the average: 0, 1, 0.75, 1.5625, where the raw values would swing it 4 → 0 → 4."""
+    settings = BalancerSettings(retain_budget=0.0, lambda_lr=10.0, lambda_smoothing=0.75)
+    balancer = build_balancer("eupmu-fast", settings)
+    theta = torch.zeros(2, requires_grad=True)
+    lambdas = []
+    for value in (0.0, 0.4, 0.0, 0.4):
+        theta.grad = None
+        lambdas.append(balancer.backward(*linear_problem(theta), [theta], plain_backward, retain_value=value)["lambda"])
+    assert lambdas == pytest.approx([0.0, 1.0, 0.75, 1.5625])
+    resumed = build_balancer("eupmu-fast", settings)  # the average travels in the checkpoint
+    resumed.load_state_dict(json.loads(json.dumps(balancer.state_dict())))
+    for b in (balancer, resumed):
+        theta.grad = None
+        lambdas.append(b.backward(*linear_problem(theta), [theta], plain_backward, retain_value=0.05)["lambda"])
+    assert lambdas[-2] == lambdas[-1] == pytest.approx(10 * (0.75 * 0.15625 + 0.25 * 0.05))
+
+
 def test_warm_up_uses_the_budget_in_gradient_units_and_logs_itself():
     """ℓ_u = θ₁, ℓ_r = 2(θ₂ − θ₁): g_u·g_r = −2, ‖g_r‖² = 8. Calibrating with ε_abs = 0.02 and
     α = 0.1 (ε = 0.2): the warm-up's λ* = (2 − 0.2)/8 = 0.225 and d = g_u + λ*·g_r = (0.55, 0.45),

@@ -102,9 +102,11 @@ def test_the_run_records_its_base_as_an_absolute_path(tiny_pipeline_dir, retain_
 
 def test_a_step_that_ruins_the_weights_stops_the_run(tiny_pipeline_dir, retain_file, tmp_path, capsys):
     """A huge λ step and cap give finite losses but inf/NaN weights; the run stops (exit 2, one
-    line) and never writes a pipeline."""
+    line) and never writes a pipeline. Pinned to `eupmu`: it moves λ right after the step, so
+    the check after the step is what stops it (the default `eupmu-fast` moves λ at the next
+    step's start, and that step's loss check stops the same run: "loss became nan at step 2")."""
     out = tmp_path / "run"
-    argv = train_argv(tiny_pipeline_dir, retain_file, out, "--steps", "6", "--lambda-lr", "1e300")
+    argv = train_argv(tiny_pipeline_dir, retain_file, out, "--steps", "6", "--lambda-lr", "1e300", "--method", "eupmu")
     assert main([*argv, "--lambda-max", "1e300", "--learning-rate", "1e30", "--max-grad-norm", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "became NaN or inf" in err, err

@@ -46,7 +46,7 @@ def erased_unet(run_dir):
 def test_single_file_export_loads_with_the_erased_weights(run_dir, tiny_pipeline_dir, tmp_path):
     path = export_run(run_dir, "single-file", tmp_path / "erased.safetensors")
     with safe_open(str(path), "pt") as handle:
-        assert handle.metadata()["method"] == "eupmu" and handle.metadata()["concept"] == "a red circle"
+        assert handle.metadata()["method"] == "eupmu-fast" and handle.metadata()["concept"] == "a red circle"
     pipe = load_pipeline(path, device="cpu", config=tiny_pipeline_dir)
     expected = erased_unet(run_dir)
     assert all(torch.equal(v, expected[k]) for k, v in pipe.unet.state_dict().items())

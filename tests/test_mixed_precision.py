@@ -69,6 +69,7 @@ CASES = {
     ),
     "eupmu+mask": dict(method="eupmu", mask="feasible", mask_micro_batches=2, lambda_lr=1e4),
     "eupmu-calibrated": dict(method="eupmu", lambda_gain=1.0, lambda_warmup=3, retain_budget=1e-5),
+    "eupmu-next": dict(method="eupmu", retain_probe="next", lambda_lr=1e4),
 }
 
 
@@ -84,12 +85,13 @@ def test_a_run_with_a_loss_scale_equals_the_run_without(tiny_pipeline_dir, retai
         assert any(e["update_projected"] for e in _log(plain))  # the budget was active, so S would show
 
 
-@pytest.mark.parametrize("method", ["eupmu", "eupmu-fast"])
+@pytest.mark.parametrize("method", ["eupmu", "eupmu-fast", "eupmu-next"])
 def test_a_step_the_scaler_skips_leaves_weights_and_lambda_alone(
     tiny_pipeline_dir, retain_file, tmp_path, monkeypatch, method
 ):
     scaled(monkeypatch)
-    settings = dict(method=method, lambda_lr=1e4, retain_budget=1e-5)  # ε > 0: a Δℓ_r of 0 would still move λ
+    probe = dict(method="eupmu", retain_probe="next") if method == "eupmu-next" else dict(method=method)
+    settings = probe | dict(lambda_lr=1e4, retain_budget=1e-5)  # ε > 0: a Δℓ_r of 0 would still move λ
     run = loop.ErasureRun(config(tiny_pipeline_dir, retain_file, tmp_path / "run", **settings))
     run.check_inputs()
     run.setup()
@@ -115,7 +117,7 @@ def test_a_step_the_scaler_skips_leaves_weights_and_lambda_alone(
         else:
             assert "skipped" not in logs[-1]
             assert not torch.equal(flat_params(run.params), theta)
-    if method == "eupmu-fast":  # no Δℓ_r across the skipped step: the step after it learns nothing
+    if method != "eupmu":  # no Δℓ_r across the skipped step: the step after it learns nothing
         assert "retain_increase" not in logs[3] and "retain_increase" in logs[2]
         assert logs[3]["lambda"] == logs[2]["lambda"]
 

@@ -58,5 +58,5 @@ def test_train_into_a_log_writes_a_few_lines_not_a_redraw_per_step(tiny_pipeline
     err = capfd.readouterr().err
     assert "\r" not in err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert any(line.startswith("erase (eupmu): 40/40 step (100%), done") for line in lines), lines
+    assert any(line.startswith("erase (eupmu-fast): 40/40 step (100%), done") for line in lines), lines
     assert len(lines) <= 6, lines

@@ -4,6 +4,8 @@ sweep on tiny components that resumes by adding a point."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +50,32 @@ def test_hypervolume_is_the_area_the_points_dominate():
     assert hypervolume([(1.0, 0.5), (0.5, 1.0)]) == pytest.approx(0.75)  # two rectangles minus their overlap
     assert hypervolume([(1.0, 0.5), (0.5, 1.0), (0.4, 0.4)]) == pytest.approx(0.75)  # a dominated point adds 0
     assert hypervolume([(0.8, 0.9)]) == pytest.approx(0.72) and hypervolume([]) == 0.0
+
+
+def test_the_benchmark_fronts_take_each_concepts_points_and_one_fid_scale_for_all_methods():
+    """scripts/fronts_tradeoff.py on hand-made rows: per concept, a method's points of that seed
+    only; UA = 1 − erased; FID_max is the concept's largest FID over both methods (40 here), so
+    a's FID 10 counts 0.75 and b's FID 40 counts 0."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from fronts_tradeoff import fronts
+
+    def row(method, setting, erased, kept, fid, seed=0, target="class:zero"):
+        common = {"target": target, "method": method, "setting": setting, "seed": seed}
+        return common | {"erased": erased, "others_mean": kept, "fid_vs_base": fid}
+
+    rows = [
+        row("a", "x=1", 0.0, 0.5, 10.0),
+        row("a", "x=2", 0.5, 1.0, 10.0),
+        row("a", "x=1", 0.9, 0.1, 99.0, seed=1),  # another seed: not on seed 0's front
+        row("b", "y=1", 0.2, 0.8, 40.0),
+        row("b", "y=1", 0.0, 1.0, 1.0, target="class:one"),  # one has no point of a: left out
+    ]
+    result = fronts(rows, {"A": ["a:x=1", "a:x=2"], "B": ["b:y=1"]}, seed=0)
+    assert list(result) == ["class:zero"]
+    zero = result["class:zero"]
+    assert zero["A"]["UA_kept"] == pytest.approx(hypervolume([(1.0, 0.5), (0.5, 1.0)]))
+    assert zero["A"]["UA_FID"] == pytest.approx(0.75) and zero["B"]["UA_FID"] == 0.0
+    assert zero["B"]["UA_kept"] == pytest.approx(0.8 * 0.8)
 
 
 def test_the_front_keeps_the_points_nothing_beats_and_averages_seeds():

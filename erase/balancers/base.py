@@ -35,19 +35,26 @@ class BalancerSettings:
     lambda_gain: float | None = None  # given: calibrate β_abs = gain / σ(Δℓ_r) (calibration.py)
     lambda_warmup: int = 10  # warm-up steps of the calibration
     learning_rate: float = 1e-5  # α, for the explicit variant's ε conversion
-    retain_probe: str = "same"  # eupmu: Δℓ_r on the step's own retain batch, or on a fresh one
+    lambda_smoothing: float = 0.0  # eupmu-fast: decay of its running average of ℓ_r
+    retain_probe: str = "same"  # eupmu: Δℓ_r on the step's own retain batch, a fresh one, or the next one
 
 
 class Balancer(ABC):
     name: ClassVar[str]
+    # Settings whose default depends on the method: a TrainConfig field left at None takes the
+    # value here. λ's rate is in loss units per step, and how Δℓ_r is measured sets the units that
+    # matter (eupmu's same-batch step change vs eupmu-fast's running level), so each has its own.
+    defaults: ClassVar[dict[str, float]] = {"lambda_lr": 3e6, "lambda_smoothing": 0.0}
     needs_retain: ClassVar[bool] = True
     backward_passes: ClassVar[int] = 1
     constrains_update: ClassVar[bool] = False  # the loop then keeps θ before the step for it
 
     @property
-    def fresh_probe(self) -> bool:
-        """True when ``after_step`` wants ℓ_r measured on a retain batch the step did not train on."""
-        return False
+    def probe(self) -> str:
+        """Where ``after_step``'s ℓ_r before and after the step is measured (``--retain-probe``):
+        ``same`` = the step's own retain batch, ``fresh`` = one drawn for the purpose, ``next`` =
+        the next step's batch (its ℓ_r after the step is that step's own retain loss)."""
+        return "same"
 
     def __init__(self, settings: BalancerSettings):
         self.settings = settings
@@ -75,7 +82,9 @@ class Balancer(ABC):
         return {}
 
     def after_step(self, loss_retain_before: float | None, retain_after: Callable[[], float]) -> dict[str, float]:
-        """Called after ``optimizer.step()``; ``retain_after()`` re-evaluates ℓ_r on the same batch."""
+        """Called after ``optimizer.step()`` (for the ``next`` probe: when the next step has its
+        retain loss); ``retain_after()`` is ℓ_r after the step on the batch ``loss_retain_before``
+        was measured on."""
         return {}
 
     def skip_step(self) -> None:  # noqa: B027 (nothing to forget by default)

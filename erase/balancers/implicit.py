@@ -30,8 +30,8 @@ class ImplicitSurgery(Balancer):
         self.calibration = Calibration(settings.lambda_gain, settings.lambda_warmup) if calibrating else None
 
     @property
-    def fresh_probe(self) -> bool:
-        return self.settings.retain_probe == "fresh"
+    def probe(self) -> str:
+        return self.settings.retain_probe
 
     @property
     def warming_up(self) -> bool:
@@ -94,22 +94,32 @@ class ImplicitSurgery(Balancer):
 class FastImplicitSurgery(ImplicitSurgery):
     """`eupmu-fast`: no extra forward; the next step's ℓ_r(θ_{t+1}) on the *next* batch stands in
     for the re-evaluation. Cheaper, noisier (batch-to-batch variance enters Δℓ_r; a calibrated β
-    is smaller for it, by that noise)."""
+    is smaller for it, by that noise).
+
+    With ``lambda_smoothing`` d > 0 the values compared are a running average of ℓ_r,
+    a_t = d·a_{t−1} + (1 − d)·ℓ_r(θ_t): its step-to-step change still sums to how far ℓ_r has
+    risen (λ = β·a_t with ε = 0 and no clipping), while a batch's own noise moves it (1 − d)
+    as much."""
 
     name = "eupmu-fast"
+    # λ = β × the (smoothed) level of ℓ_r: ~1e-4–1e-3 on the default model, so β = 3e4 gives λ ~ 3–30
+    # (smoothing 0.9: λ then moves ~2% of its mean a step, not ~25%; README, "λ that tracks")
+    defaults = ImplicitSurgery.defaults | {"lambda_lr": 3e4, "lambda_smoothing": 0.9}
 
     def __init__(self, settings: BalancerSettings):
         super().__init__(settings)
         self.previous_retain: float | None = None
 
     @property
-    def fresh_probe(self) -> bool:  # its Δℓ_r already comes from the next, untrained-on batch
-        return False
+    def probe(self) -> str:  # its Δℓ_r already comes from the next, untrained-on batch (in ``backward``)
+        return "same"
 
     def backward(self, loss_forget, loss_retain, params, backward, retain_value=None):
         current = float(loss_retain.detach()) if retain_value is None else retain_value
         logs = {}
         if self.previous_retain is not None:
+            decay = self.settings.lambda_smoothing
+            current = decay * self.previous_retain + (1 - decay) * current
             logs["retain_increase"] = current - self.previous_retain
             logs |= self._learn(logs["retain_increase"])
         self.previous_retain = current
