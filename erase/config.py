@@ -120,9 +120,9 @@ class TrainConfig:
     lambda_smoothing: float | None = field(
         default=None,
         metadata={
-            "help": "eupmu-fast: decay of the running average of ℓ_r whose change from step to step drives λ "
-            "(0 = the raw next-batch ℓ_r, the paper's; 0.9 averages over ~10 batches, so batch-to-batch noise "
-            "moves λ ~4× less)"
+            "help": "eupmu-fast: decay d of the running average of ℓ_r whose change from step to step drives λ "
+            "(default 0.9: one batch's noise moves λ (1 − d) as much, and on the default model λ moves ~2%% of "
+            "its mean a step instead of ~25%%; 0 = the raw next-batch ℓ_r, the paper's)"
         },
     )
     lambda_max: float = field(default=100.0, metadata={"help": "D: λ is clipped to [0, D]"})

@@ -447,14 +447,9 @@ def test_mixed_precision_on_cpu_trains_in_one_process_one_run_after_another(
     assert F.cosine_similarity(step_bf16, step_fp32, dim=0) > 0.7
 
 
-def test_a_fresh_retain_probe_measures_the_step_on_a_batch_it_did_not_train_on(
-    tiny_pipeline_dir, retain_file, tmp_path
-):
-    """--retain-probe fresh: Δℓ_r = ℓ_r(θ_{t+1}, B') − ℓ_r(θ_t, B') on a retain batch B' drawn for
-    the purpose, not the step's own batch (which the step has just fitted)."""
-    run = _ready_run(
-        tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "run", method="eupmu", retain_probe="fresh", steps=3)
-    )
+def _record_retain_batches(run) -> tuple[list, list]:
+    """Lists that fill as ``run`` steps: each step's trained retain batch, and each (batch, ℓ_r)
+    measured without grad (the probes)."""
     trained, probed = [], []
     step_losses, value_now = run._step_losses, run._retain_value_now
 
@@ -468,6 +463,18 @@ def test_a_fresh_retain_probe_measures_the_step_on_a_batch_it_did_not_train_on(
         return value
 
     run._step_losses, run._retain_value_now = record_trained, record_probe
+    return trained, probed
+
+
+def test_a_fresh_retain_probe_measures_the_step_on_a_batch_it_did_not_train_on(
+    tiny_pipeline_dir, retain_file, tmp_path
+):
+    """--retain-probe fresh: Δℓ_r = ℓ_r(θ_{t+1}, B') − ℓ_r(θ_t, B') on a retain batch B' drawn for
+    the purpose, not the step's own batch (which the step has just fitted)."""
+    run = _ready_run(
+        tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "run", method="eupmu", retain_probe="fresh", steps=3)
+    )
+    trained, probed = _record_retain_batches(run)
     for step in range(3):
         run.step = step
         log = run.train_step()
@@ -486,19 +493,7 @@ def test_the_next_retain_probe_measures_the_step_on_the_batch_the_next_step_trai
     backward. No batch is drawn ahead at the last step or before a checkpoint."""
     settings = dict(method="eupmu", retain_probe="next", steps=6, checkpoint_every=3, lambda_lr=1e4)
     run = _ready_run(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "run", **settings))
-    trained, probed = [], []
-    step_losses, value_now = run._step_losses, run._retain_value_now
-
-    def record_trained(batch):
-        trained.append(batch["retain"])
-        return step_losses(batch)
-
-    def record_probe(batch):
-        value = value_now(batch)
-        probed.append((batch["retain"], value))
-        return value
-
-    run._step_losses, run._retain_value_now = record_trained, record_probe
+    trained, probed = _record_retain_batches(run)
     lambdas, logs = [], []
     for step in range(6):
         run.step = step
