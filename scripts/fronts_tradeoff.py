@@ -10,7 +10,8 @@ wrote them into <output>/tradeoff.json (run those first). Per concept and method
 of (UA, kept), kept being the other concepts' mean recognition (RA for a digit, IRA for a style),
 and of (UA, 1 − FID/FID_max), FID_max the largest FID of that concept over every method's points,
 as `erase sweep` computes them (erase/sweep.py). A larger area is a better front; 1 is the
-corner (erased, all kept). Writes <output>/fronts.md and fronts.png (one panel per concept).
+corner (erased, all kept). Writes <output>/fronts.md and fronts.png (one panel per concept: UA
+against FID, each method's points joined in order of FID).
 """
 
 from __future__ import annotations
@@ -80,17 +81,17 @@ def plot(result: dict, methods: list[str], out: Path) -> None:
     rows = -(-len(result) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 2.6 * rows), squeeze=False)
     for ax, (target, by_method) in zip(axes.flat, result.items(), strict=False):
-        for name in methods:
-            points = sorted(by_method[name]["points"])
-            ax.plot([100 * p[0] for p in points], [100 * p[1] for p in points], marker="o", label=name, alpha=0.8)
+        for name in methods:  # kept saturates near 100% on the default model; FID still separates
+            points = sorted(by_method[name]["points"], key=lambda p: p[2])
+            ax.plot([p[2] for p in points], [100 * p[0] for p in points], marker="o", label=name, alpha=0.8)
         ax.set_title(target.partition(":")[2], fontsize=9)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(result) :]:
         ax.axis("off")
     axes[0][0].legend(fontsize=7)
-    fig.supxlabel("UA, % (higher = better erased)")
-    fig.supylabel("other concepts kept (mean), %")
+    fig.supxlabel("FID against the base model on the retain prompts (lower = closer)")
+    fig.supylabel("UA, % (higher = better erased)")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
