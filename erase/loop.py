@@ -272,9 +272,12 @@ class ErasureRun:
         except (ValueError, UnicodeDecodeError):
             raise InputError(f"{saved_file} is damaged; use --overwrite to start the run afresh") from None
         self.saved = saved
+        may_change = set(_RESUME_MAY_CHANGE)
+        if self.config.retain_probe == "next":  # its look-ahead stops before each checkpoint (_looks_ahead)
+            may_change.discard("checkpoint_every")
         differ = []  # (name, started with, given now)
         for name, value in asdict(self.config).items():
-            if name in _RESUME_MAY_CHANGE or (name not in saved and name not in _BEFORE_RECORDED):
+            if name in may_change or (name not in saved and name not in _BEFORE_RECORDED):
                 continue
             started = saved.get(name, _BEFORE_RECORDED.get(name))
             if json.loads(json.dumps(value)) != started:
@@ -518,7 +521,7 @@ class ErasureRun:
         """``next`` draws the next step's retain batch now, except at the last step and before a
         checkpoint: the batch is not saved in it, so a resumed run draws that step's batch
         afresh, as an uninterrupted one does, and λ takes no update across a checkpoint."""
-        following = self.step + 1
+        following = self.step + 1  # so --checkpoint-every is compared on --resume (check_same_run)
         return following < self.config.steps and following % self.config.checkpoint_every != 0
 
     def _check_finite_state(self) -> None:

@@ -447,6 +447,18 @@ def test_mixed_precision_on_cpu_trains_in_one_process_one_run_after_another(
     assert F.cosine_similarity(step_bf16, step_fp32, dim=0) > 0.7
 
 
+def test_the_next_probe_resumes_only_with_the_same_checkpoint_interval(tiny_pipeline_dir, retain_file, tmp_path):
+    """--retain-probe next draws no batch ahead of a checkpoint, so --checkpoint-every shapes the
+    run: a resume with another interval is refused, naming the flag (other methods may change it)."""
+    settings = dict(method="eupmu", retain_probe="next", steps=1, checkpoint_every=3)
+    out = loop.train(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "run", **settings))
+    with pytest.raises(InputError, match="--checkpoint-every 3"):
+        loop.ErasureRun(
+            tiny_config(tiny_pipeline_dir, retain_file, out, **settings | {"checkpoint_every": 5}, resume=True)
+        ).check_inputs()
+    loop.ErasureRun(tiny_config(tiny_pipeline_dir, retain_file, out, **settings, resume=True)).check_inputs()
+
+
 def _record_retain_batches(run) -> tuple[list, list]:
     """Lists that fill as ``run`` steps: each step's trained retain batch, and each (batch, ℓ_r)
     measured without grad (the probes)."""
