@@ -33,9 +33,15 @@ from pipelines.ownership import OwnedFolder, check_outside
 from prompts import InputError
 
 SWEEP_NAMES = ["runs", "eval", "front.json", "front.md", "front.png"]
-# What a sweep of the default model tries when no --grid is given (knob values from the
-# trade-off benchmark in the README; other models have other loss scales: give --grid).
-DEFAULT_GRID = ["none", "weighted:retain_weight=0.3,1,3,10", "eupmu:retain_budget=0,1e-6,3e-6,1e-5"]
+# What a sweep of the default model tries when no --grid is given: ESD alone, then the default
+# method and the two it is compared with, each at the three knob values of the README's
+# 14-concept fronts (scripts/fronts_tradeoff.py). Other models have other loss scales: give --grid.
+DEFAULT_GRID = [
+    "none",
+    "eupmu-fast:lambda_lr=1e4,3e4,1e5",
+    "weighted:retain_weight=3,10,30",
+    "eupmu:retain_budget=0,3e-6,1e-5",
+]
 # Train settings that a sweep sets per point, or that belong to the sweep itself.
 PER_POINT = ("output", "method", "seed", "resume", "overwrite", "progress")
 

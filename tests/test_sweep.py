@@ -78,6 +78,34 @@ def test_the_benchmark_fronts_take_each_concepts_points_and_one_fid_scale_for_al
     assert zero["B"]["UA_kept"] == pytest.approx(0.8 * 0.8)
 
 
+def test_the_benchmark_fronts_average_each_seeds_own_front_and_count_the_bar_per_seed():
+    """Two seeds: each seed's areas use that seed's FID_max (seed 0: 40, seed 1: 20), the table
+    holds their mean; a concept missing a method at one seed is left out; the untuned score
+    counts the concepts that meet the bar at each seed."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from fronts_tradeoff import over_seeds, untuned
+
+    def row(method, erased, fid, seed, target="class:zero", meets=True):
+        common = {"target": target, "method": method, "setting": "k=1", "seed": seed, "meets_bar": meets}
+        return common | {"erased": erased, "others_mean": 1.0, "others_worst": 1.0, "fid_vs_base": fid}
+
+    rows = [
+        row("a", 0.0, 10.0, 0), row("b", 0.0, 40.0, 0, meets=False),
+        row("a", 0.5, 10.0, 1), row("b", 0.0, 20.0, 1),
+        row("a", 0.0, 1.0, 0, target="class:one"), row("b", 0.0, 1.0, 0, target="class:one"),
+    ]  # fmt: skip
+    methods = {"A": ["a:k=1"], "B": ["b:k=1"]}
+    result = over_seeds(rows, methods, [0, 1])
+    assert list(result) == ["class:zero"]  # one has no seed-1 points
+    a = result["class:zero"]["A"]
+    # seed 0: UA 1 × (1 − 10/40) = 0.75; seed 1: UA 0.5 × (1 − 10/20) = 0.25
+    assert a["UA_FID"] == pytest.approx(0.5) and a["UA_FID_sd"] == pytest.approx(0.3536, abs=1e-4)
+    assert a["UA_kept"] == pytest.approx(0.75) and result["class:zero"]["B"]["UA_FID"] == 0.0
+    assert a["points"] == [pytest.approx((0.75, 1.0, 10.0))]
+    lines = untuned(rows, methods, [0, 1], list(result))
+    assert "| A | k=1 | 1/1 · 1/1 | 75.0% |" in lines[2] and "| B | k=1 | 0/1 · 1/1 | 100.0% |" in lines[3]
+
+
 def test_the_front_keeps_the_points_nothing_beats_and_averages_seeds():
     """a: UA 0.9 / kept 0.6 (mean of two seeds); b: 0.5 / 0.9; c: 0.4 / 0.8 (b beats it)."""
 

@@ -5,7 +5,7 @@ Examples (the embedded default model):
 
     erase sweep --forget default/classes/three-forget --output sweeps/three
     erase sweep --forget default/styles/red-forget --output sweeps/red --seeds 0 1 2 \\
-        --grid eupmu:retain_budget=0,1e-6,1e-5 --grid weighted:retain_weight=1,10 --grid none
+        --grid eupmu-fast:lambda_lr=1e4,1e5 --grid weighted:retain_weight=3,30 --grid none
     erase sweep ... --output sweeps/three --resume      # add points or finish a cut sweep
 
 --grid METHOD:SETTING=V1,V2,... turns one train setting (any numeric `erase train` flag, with
