@@ -33,7 +33,7 @@ from erase.retain_focus import RetainFocus
 from erase.xt_sources import X_SOURCES, Draw
 from pipelines.conditioning import Conditioning
 from pipelines.families import family_of
-from pipelines.files import atomic_path, write_json_atomic, write_text_atomic
+from pipelines.files import atomic_path, comparable_setting, write_json_atomic, write_text_atomic
 from pipelines.loading import check_sampler_steps, load_pipeline
 from pipelines.lock import output_lock
 from pipelines.ownership import OwnedFolder, check_outside, pipeline_entries
@@ -280,7 +280,7 @@ class ErasureRun:
             if name in may_change or (name not in saved and name not in _BEFORE_RECORDED):
                 continue
             started = saved.get(name, _BEFORE_RECORDED.get(name))
-            if json.loads(json.dumps(value)) != started:
+            if comparable_setting(json.loads(json.dumps(value))) != comparable_setting(started):
                 differ.append((name, started, value))
         if differ:
             was = ", ".join(f"{name}={started!r}, not {value!r}" for name, started, value in differ)

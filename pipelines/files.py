@@ -99,3 +99,13 @@ def atomic_folder(target: str | Path, overwrite: bool = False) -> Iterator[Path]
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def comparable_setting(value):
+    """A recorded setting as compared with the one given now: a local path by the file it names,
+    so the same model or prompt list given once as ``runs/x`` and once as ``/home/me/runs/x``
+    resumes a folder instead of being refused as another one (hub ids, numbers and lists are
+    compared as they are)."""
+    if isinstance(value, str) and value and Path(value).exists():
+        return str(Path(value).resolve())
+    return value

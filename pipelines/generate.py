@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from accelerate.utils import gather_object
 
-from pipelines.files import atomic_path, write_json_atomic, write_text_atomic
+from pipelines.files import atomic_path, comparable_setting, write_json_atomic, write_text_atomic
 from pipelines.grid import save_grid
 from pipelines.loading import MODEL_CONFIG_HELP, check_sampler_steps, load_pipeline, resolve_device
 from pipelines.lock import output_lock
@@ -217,7 +217,8 @@ def _reusable_manifest(output: Path, settings: dict, overwrite: bool) -> dict[st
             return None
         what = str(err) if isinstance(err, InputError) else f"{path} is damaged (not valid JSON)"
         raise InputError(what.split(";")[0] + "; use --overwrite to start the folder afresh") from None
-    changed = [k for k in _IMAGE_SETTINGS if k in old and old.get(k) != settings.get(k)]
+    same = comparable_setting
+    changed = [k for k in _IMAGE_SETTINGS if k in old and same(old.get(k)) != same(settings.get(k))]
     if changed and not overwrite:
         k = changed[0]
         raise InputError(

@@ -141,6 +141,23 @@ def test_other_settings_in_the_same_folder_are_refused(tiny_pipeline_dir, prompt
     assert result.generated == 3
 
 
+def test_the_same_model_named_by_a_relative_or_an_absolute_path_resumes_the_folder(
+    tiny_pipeline_dir, prompts_file, tmp_path, monkeypatch
+):
+    """A folder drawn with --model given relatively is the same model's when given absolutely
+    (benchmark scripts pass either): its images are reused, not refused as another model's."""
+    out = tmp_path / "out"
+    monkeypatch.chdir(tiny_pipeline_dir.parent)
+    generate(config(tiny_pipeline_dir.name, prompts_file, out))
+    result = generate(config(str(tiny_pipeline_dir.resolve()), prompts_file, out))
+    assert (result.generated, result.skipped) == (0, 3)
+    other = tmp_path / "other-model"
+    other.symlink_to(tiny_pipeline_dir, target_is_directory=True)  # a second name, same files
+    assert generate(config(str(other), prompts_file, out)).skipped == 3
+    with pytest.raises(InputError, match="made with model="):  # another model is still refused
+        generate(config(str(tmp_path / "elsewhere"), prompts_file, out))
+
+
 @pytest.mark.parametrize("case_id", ["../../x", "a/b\\c", "nul\x00byte", "x" * 300, "..", ""])
 def test_file_names_from_case_ids_stay_inside_the_folder(case_id):
     name = safe_name(case_id)

@@ -4,6 +4,7 @@ refused with one line and nothing written."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -457,6 +458,20 @@ def test_the_next_probe_resumes_only_with_the_same_checkpoint_interval(tiny_pipe
             tiny_config(tiny_pipeline_dir, retain_file, out, **settings | {"checkpoint_every": 5}, resume=True)
         ).check_inputs()
     loop.ErasureRun(tiny_config(tiny_pipeline_dir, retain_file, out, **settings, resume=True)).check_inputs()
+
+
+def test_a_resume_names_the_same_files_by_relative_or_absolute_paths(
+    tiny_pipeline_dir, retain_file, tmp_path, monkeypatch
+):
+    """A run started with relative paths resumes when given them absolutely: the model, the
+    retain list and the output are the same files. Another model is still refused."""
+    monkeypatch.chdir(tmp_path)
+    model = Path(os.path.relpath(tiny_pipeline_dir, tmp_path))
+    loop.train(tiny_config(model, Path(os.path.relpath(retain_file, tmp_path)), "run", steps=1))
+    absolute = tiny_config(tiny_pipeline_dir.resolve(), retain_file.resolve(), tmp_path / "run", steps=1, resume=True)
+    loop.ErasureRun(absolute).check_inputs()
+    with pytest.raises(InputError, match="was started with model="):
+        loop.ErasureRun(dataclasses.replace(absolute, model=str(tmp_path / "elsewhere"))).check_inputs()
 
 
 def _record_retain_batches(run) -> tuple[list, list]:
