@@ -146,26 +146,24 @@ def untuned(rows: list[dict], methods: dict[str, list[str]], seeds: list[int], t
     return lines
 
 
-def table(result: dict, methods: list[str]) -> list[str]:
-    lines = [
-        "| concept | " + " | ".join(f"{m}: UA × kept | {m}: UA × (1 − FID/FID_max)" for m in methods) + " |",
-        "|---|" + "---|---|" * len(methods),
-    ]
+AREAS = {"UA_kept": "UA × kept", "UA_FID": "UA × (1 − FID/FID_max)"}
+
+
+def table(result: dict, methods: list[str], key: str) -> list[str]:
+    """One hypervolume (``key`` of AREAS) per concept and method, the largest in bold; then the
+    mean over the concepts and on how many concepts each method's area is the largest at the
+    three decimals shown (ties count for each)."""
+    lines = [f"| {AREAS[key]} | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for target, by_method in result.items():
-        best = max(by_method[m]["UA_FID"] for m in methods)
-        cells = [
-            f"{by_method[m]['UA_kept']:.3f} | " + _bold(f"{by_method[m]['UA_FID']:.3f}", by_method[m]["UA_FID"] == best)
-            for m in methods
-        ]
+        best = max(round(by_method[m][key], 3) for m in methods)  # as shown: no invisible winners
+        cells = [_bold(f"{by_method[m][key]:.3f}", round(by_method[m][key], 3) == best) for m in methods]
         lines.append(f"| {target.partition(':')[2]} | " + " | ".join(cells) + " |")
-    means = [
-        f"{statistics.mean(r[m]['UA_kept'] for r in result.values()):.3f} | "
-        f"{statistics.mean(r[m]['UA_FID'] for r in result.values()):.3f}"
-        for m in methods
-    ]
+    means = [f"{statistics.mean(r[m][key] for r in result.values()):.3f}" for m in methods]
     lines.append("| **mean** | " + " | ".join(means) + " |")
-    wins = [f"{sum(r[m]['UA_FID'] == max(r[n]['UA_FID'] for n in methods) for r in result.values())}" for m in methods]
-    lines.append("| **largest UA × FID area on** | " + " | ".join(f" | {w} concepts" for w in wins) + " |")
+    wins = [
+        sum(round(r[m][key], 3) == max(round(r[n][key], 3) for n in methods) for r in result.values()) for m in methods
+    ]
+    lines.append("| **largest on** | " + " | ".join(f"{w} of {len(result)}" for w in wins) + " |")
     return lines
 
 
@@ -230,7 +228,9 @@ def main(argv: list[str] | None = None) -> dict:
     if not result:
         p.error("no concept has points of every method at every seed: run them with bench_tradeoff.py first")
     seeds = ", ".join(map(str, args.seeds))
-    lines = [f"Hypervolumes per concept (seeds {seeds}; the mean over seeds):", ""] + table(result, list(methods))
+    lines = [f"Hypervolumes per concept (seeds {seeds}; the mean over seeds):"]
+    for key in AREAS:
+        lines += [""] + table(result, list(methods), key)
     lines += ["", f"One setting for all {len(result)} concepts (seeds {seeds}):", ""]
     lines += untuned(rows, methods, args.seeds, list(result))
     out.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,7 @@ def test_the_benchmark_fronts_average_each_seeds_own_front_and_count_the_bar_per
     holds their mean; a concept missing a method at one seed is left out; the untuned score
     counts the concepts that meet the bar at each seed."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from fronts_tradeoff import over_seeds, untuned
+    from fronts_tradeoff import over_seeds, table, untuned
 
     def row(method, erased, fid, seed, target="class:zero", meets=True):
         common = {"target": target, "method": method, "setting": "k=1", "seed": seed, "meets_bar": meets}
@@ -102,6 +102,8 @@ def test_the_benchmark_fronts_average_each_seeds_own_front_and_count_the_bar_per
     assert a["UA_FID"] == pytest.approx(0.5) and a["UA_FID_sd"] == pytest.approx(0.3536, abs=1e-4)
     assert a["UA_kept"] == pytest.approx(0.75) and result["class:zero"]["B"]["UA_FID"] == 0.0
     assert a["points"] == [pytest.approx((0.75, 1.0, 10.0))]
+    shown = table(result, ["A", "B"], "UA_FID")
+    assert shown[2] == "| zero | **0.500** | 0.000 |" and shown[-1] == "| **largest on** | 1 of 1 | 0 of 1 |"
     lines = untuned(rows, methods, [0, 1], list(result))
     assert "| A | k=1 | 1/1 · 1/1 | 75.0% |" in lines[2] and "| B | k=1 | 0/1 · 1/1 | 100.0% |" in lines[3]
 
