@@ -10,6 +10,10 @@ Per run: UA (share of the erased concept's images not recognised as it), RA (cla
 prompts in the classifier's feature space, and wall time of training. 10 images per digit ×
 style prompt, the same seeds for every model. Runs are kept under <output>/runs, so a rerun
 only scores what is missing. Writes <output>/tradeoff.json, tradeoff.md and tradeoff-<target>.png.
+
+Rows already in <output>/tradeoff.json are not run again: to extend the README's 14-concept
+comparison instead of redoing it, start from its committed rows,
+`cp docs/results/tradeoff14.json .cache/tradeoff14/tradeoff.json`.
 """
 
 from __future__ import annotations
@@ -175,8 +179,12 @@ def _tag(target: str, method: str, setting: str, seed: int) -> str:
 
 
 def _rescored(row: dict, out: Path, images_per_prompt: int) -> dict:
-    """``row`` with its classifier scores recomputed from its kept images (nothing is redrawn)."""
+    """``row`` with its classifier scores recomputed from its kept images (nothing is redrawn);
+    as it is when its run is not here (rows copied from docs/results/ have no runs)."""
     tag = _tag(row["target"], row["method"], row["setting"], row["seed"])
+    if not (out / "runs" / tag).is_dir():
+        print(f"rescore: {tag} has no run under {out / 'runs'}; its row is kept as it is", flush=True)
+        return row
     kind, _, name = row["target"].partition(":")
     report, _ = score(str(out / "runs" / tag), out / "images" / tag, images_per_prompt)
     return row | summarise(kind, name, report)

@@ -168,3 +168,14 @@ def test_a_sweep_trains_evaluates_and_resumes_by_adding_a_point(tiny_pipeline_di
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert metrics["generation"]["images_generated"] == 4  # only the new run's images
     assert len(json.loads((out / "front.json").read_text())["points"]) == 3
+
+
+def test_rescoring_keeps_a_row_whose_run_is_not_here(tmp_path, capsys):
+    """Rows copied from docs/results/ have no run folder: --rescore keeps them as they are
+    instead of failing on the first (it would try to draw from a model that is not there)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from bench_tradeoff import _rescored
+
+    row = {"target": "class:zero", "method": "weighted", "setting": "retain_weight=10", "seed": 1, "erased": 0.0}
+    assert _rescored(row, tmp_path, images_per_prompt=1) is row
+    assert "class-zero-weighted-retain_weight10-s1 has no run" in capsys.readouterr().out
