@@ -149,6 +149,17 @@ def untuned(rows: list[dict], methods: dict[str, list[str]], seeds: list[int], t
 AREAS = {"UA_kept": "UA × kept", "UA_FID": "UA × (1 − FID/FID_max)"}
 
 
+def rows_text(rows: list[dict], methods: dict[str, list[str]]) -> str:
+    """The rows of the compared points as a JSON list with one row per line (diffs stay
+    readable when a seed is added), in concept, method, point and seed order."""
+    labels = [tuple(label.split(":", 1)) for points in methods.values() for label in points]
+    targets = {t: i for i, t in enumerate(ALL_TARGETS)}
+    mine = [r for r in rows if (r["method"], r["setting"]) in labels]
+    order = {label: i for i, label in enumerate(labels)}
+    mine.sort(key=lambda r: (targets.get(r["target"], len(targets)), order[r["method"], r["setting"]], r["seed"]))
+    return "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in mine) + "\n]\n"
+
+
 def table(result: dict, methods: list[str], key: str) -> list[str]:
     """One hypervolume (``key`` of AREAS) per concept and method, the largest in bold; then the
     mean over the concepts and on how many concepts each method's area is the largest at the
@@ -206,6 +217,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="average each concept's areas over these")
     p.add_argument("--output", default=str(ROOT / ".cache" / "tradeoff14"))
     p.add_argument("--rows", help="the scored rows (default <output>/tradeoff.json)")
+    p.add_argument(
+        "--save-rows",
+        metavar="FILE",
+        help="also write the compared points' rows (every seed) to FILE, one per line: docs/results/tradeoff14.json",
+    )
     args = p.parse_args(argv)
     methods = {}
     for name, *labels in args.method or []:
@@ -235,6 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
     lines += untuned(rows, methods, args.seeds, list(result))
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "fronts.md", "\n".join(lines) + "\n")
+    if args.save_rows:
+        write_text_atomic(Path(args.save_rows), rows_text(rows, methods))
     plot(result, list(methods), out / "fronts.png")
     print("\n".join(lines))
     return result

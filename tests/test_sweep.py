@@ -83,7 +83,7 @@ def test_the_benchmark_fronts_average_each_seeds_own_front_and_count_the_bar_per
     holds their mean; a concept missing a method at one seed is left out; the untuned score
     counts the concepts that meet the bar at each seed."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from fronts_tradeoff import over_seeds, table, untuned
+    from fronts_tradeoff import over_seeds, rows_text, table, untuned
 
     def row(method, erased, fid, seed, target="class:zero", meets=True):
         common = {"target": target, "method": method, "setting": "k=1", "seed": seed, "meets_bar": meets}
@@ -104,6 +104,11 @@ def test_the_benchmark_fronts_average_each_seeds_own_front_and_count_the_bar_per
     assert a["points"] == [pytest.approx((0.75, 1.0, 10.0))]
     shown = table(result, ["A", "B"], "UA_FID")
     assert shown[2] == "| zero | **0.500** | 0.000 |" and shown[-1] == "| **largest on** | 1 of 1 | 0 of 1 |"
+    saved = rows_text(rows + [row("c", 0.0, 1.0, 0)], methods)  # c is not compared: not saved
+    order = [(r["target"], r["method"], r["seed"]) for r in json.loads(saved)]
+    assert order == [("class:zero", "a", 0), ("class:zero", "a", 1), ("class:zero", "b", 0), ("class:zero", "b", 1),
+                     ("class:one", "a", 0), ("class:one", "b", 0)]  # fmt: skip
+    assert len(saved.splitlines()) == 8  # one row per line between the brackets
     lines = untuned(rows, methods, [0, 1], list(result))
     assert "| A | k=1 | 1/1 · 1/1 | 75.0% |" in lines[2] and "| B | k=1 | 0/1 · 1/1 | 100.0% |" in lines[3]
 
