@@ -217,8 +217,9 @@ def _reusable_manifest(output: Path, settings: dict, overwrite: bool) -> dict[st
             return None
         what = str(err) if isinstance(err, InputError) else f"{path} is damaged (not valid JSON)"
         raise InputError(what.split(";")[0] + "; use --overwrite to start the folder afresh") from None
-    same = comparable_setting
-    changed = [k for k in _IMAGE_SETTINGS if k in old and same(old.get(k)) != same(settings.get(k))]
+    changed = [
+        k for k in _IMAGE_SETTINGS if k in old and comparable_setting(old[k]) != comparable_setting(settings.get(k))
+    ]
     if changed and not overwrite:
         k = changed[0]
         raise InputError(
