@@ -47,12 +47,15 @@ def test_saved_model_keeps_untrained_tensors_exact(tiny_pipeline_dir, write, tmp
 
 def test_run_holds_untrained_tensors_in_half(tiny_pipeline_dir, write, tmp_path):
     """During the run: untrained tensors and the frozen originals are bf16, trained ones fp32,
-    and the half-frozen run follows the fp32-frozen one closely (norms see rounded weights)."""
+    and the half-frozen run follows the fp32-frozen one closely (norms see rounded weights).
+    Compared after one update: at this learning rate Adam turns bf16's rounding of near-zero
+    gradients into whole steps, so later steps drift apart by an amount that depends on the CPU's
+    bf16 kernels (measured on a CPU with AMX: 1% after one update, 10% after two)."""
     runs = {}
     for half in (False, True):
         run = loop.ErasureRun(_config(tiny_pipeline_dir, write, tmp_path / f"run-{half}", half_frozen=half))
         run.setup()
-        for step in range(3):
+        for step in range(2):
             run.step = step
             log = run.train_step()
         runs[half] = (run, log)
@@ -63,6 +66,7 @@ def test_run_holds_untrained_tensors_in_half(tiny_pipeline_dir, write, tmp_path)
     assert {t.dtype for t in run.frozen.originals.values()} == {torch.bfloat16}
     full, half = runs[False][1], runs[True][1]
     assert half["loss_forget"] == pytest.approx(full["loss_forget"], rel=0.05)
+    assert half["loss_retain"] == pytest.approx(full["loss_retain"], rel=0.05) and full["loss_retain"] > 0
 
 
 def test_restore_puts_back_values_not_rounded_ones():
