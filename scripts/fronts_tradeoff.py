@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import bench_tradeoff  # noqa: E402
 from bench_tradeoff import ALL_TARGETS  # noqa: E402
+from bench_tradeoff import main as run_bench  # noqa: E402
 
 from erase.sweep import hypervolume  # noqa: E402
 from pipelines.files import write_text_atomic  # noqa: E402
@@ -130,13 +130,11 @@ def untuned(rows: list[dict], methods: dict[str, list[str]], seeds: list[int], t
     ]
     for name, labels in methods.items():
         for label in labels:
-            per_seed = [method_points(rows, [label], t, seed) for seed in seeds for t in targets]
-            mine = [r for rs in per_seed for r in rs]
+            by_seed = [[r for t in targets for r in method_points(rows, [label], t, seed)] for seed in seeds]
+            mine = [r for rs in by_seed for r in rs]
             if not mine:
                 continue
-            counts = [
-                sum(r["meets_bar"] for t in targets for r in method_points(rows, [label], t, seed)) for seed in seeds
-            ]
+            counts = [sum(r["meets_bar"] for r in rs) for rs in by_seed]
             lines.append(
                 f"| {name} | {label.split(':', 1)[1]} | {' · '.join(f'{c}/{len(targets)}' for c in counts)} | "
                 f"{100 * statistics.mean(1 - r['erased'] for r in mine):.1f}% | "
@@ -234,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.rows:
             p.error("--run writes <output>/tradeoff.json; leave out --rows")
         labels = [label for points in methods.values() for label in points]
-        bench_tradeoff.main(["--targets", *args.targets, "--seeds", *map(str, args.seeds), "--only", *labels,
+        run_bench(["--targets", *args.targets, "--seeds", *map(str, args.seeds), "--only", *labels,
                              "--output", str(out)])  # fmt: skip
     results_file = Path(args.rows) if args.rows else out / "tradeoff.json"
     if not results_file.is_file():
