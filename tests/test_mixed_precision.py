@@ -101,13 +101,14 @@ def test_a_step_the_scaler_skips_leaves_weights_and_lambda_alone(
         real_backward(loss, **kwargs)
         run.params[0].grad.view(-1)[0] = float("inf")
 
-    logs = []
+    logs, averages = [], []
     for step in range(4):
         run.step = step
         if step == 2:
             run._backward = overflowing
         theta, scale = flat_params(run.params), run._loss_scale()
         logs.append(run.train_step())
+        averages.append(getattr(run.balancer, "previous_retain", None))
         run._backward = real_backward
         if step == 2:
             assert logs[-1]["skipped"] == 1.0
@@ -120,6 +121,9 @@ def test_a_step_the_scaler_skips_leaves_weights_and_lambda_alone(
     if method != "eupmu":  # no Δℓ_r across the skipped step: the step after it learns nothing
         assert "retain_increase" not in logs[3] and "retain_increase" in logs[2]
         assert logs[3]["lambda"] == logs[2]["lambda"]
+    if method == "eupmu-fast":  # θ did not move: step 3's ℓ_r joins the running average, not restarts it
+        decay = run.balancer.settings.lambda_smoothing
+        assert averages[3] == pytest.approx(decay * averages[2] + (1 - decay) * logs[3]["loss_retain"], rel=1e-12)
 
 
 def test_an_overflow_in_a_mask_micro_batch_is_a_skipped_step(tiny_pipeline_dir, retain_file, tmp_path, monkeypatch):

@@ -110,6 +110,7 @@ class FastImplicitSurgery(ImplicitSurgery):
     def __init__(self, settings: BalancerSettings):
         super().__init__(settings)
         self.previous_retain: float | None = None
+        self.held = False  # the last step was skipped: the next ℓ_r joins the average but drives nothing
 
     @property
     def probe(self) -> str:  # its Δℓ_r already comes from the next, untrained-on batch (in ``backward``)
@@ -126,21 +127,26 @@ class FastImplicitSurgery(ImplicitSurgery):
                 # average at the first value after θ* instead.
                 decay = 0.0
             current = decay * self.previous_retain + (1 - decay) * current
-            logs["retain_increase"] = current - self.previous_retain
-            logs |= self._learn(logs["retain_increase"])
-        self.previous_retain = current
+            if not self.held:
+                logs["retain_increase"] = current - self.previous_retain
+                logs |= self._learn(logs["retain_increase"])
+        self.previous_retain, self.held = current, False
         return logs | super().backward(loss_forget, loss_retain, params, backward)  # λ needs no ℓ_r value
 
     def after_step(self, loss_retain_before, retain_after):
         return {}
 
     def skip_step(self):
+        """θ did not move, so the next ℓ_r is one more sample at the same θ: it joins the average
+        (restarting the average from that one value would let its noise into λ as the average
+        settles back), but its change is not a Δ across a step and drives nothing."""
         super().skip_step()
-        self.previous_retain = None  # the next ℓ_r is compared with nothing: no Δ across a step not taken
+        self.held = self.previous_retain is not None
 
     def state_dict(self):
-        return super().state_dict() | {"previous_retain": self.previous_retain}
+        return super().state_dict() | {"previous_retain": self.previous_retain, "held": self.held}
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
         self.previous_retain = state.get("previous_retain")
+        self.held = bool(state.get("held", False))
