@@ -320,7 +320,7 @@ OPTION_READS = {
 }
 
 
-def unread_settings(config: TrainConfig, given: set[str]) -> list[str]:
+def unread_settings(config: TrainConfig, given: set[str], where: str = "this run") -> list[str]:
     """A note for each setting in ``given`` (the names the user set) that this run does not read."""
     readers = [(f"--method {b.name}", lambda c, b=b: c.method == b.name, b.reads) for b in BALANCERS.values()] + [
         (f"--parameters {n}", lambda c, n=n: c.parameters == n, s.reads) for n, s in PARAMETER_SETS.items()
@@ -331,5 +331,5 @@ def unread_settings(config: TrainConfig, given: set[str]) -> list[str]:
         who = [(option, reads) for option, reads, names in readers if name in names]
         if who and not any(reads(config) for _, reads in who):
             options = " or ".join(option for option, _ in who)
-            notes.append(f"note: {flag(name)} changes nothing in this run; only {options} reads it")
+            notes.append(f"note: {flag(name)} changes nothing in {where}; only {options} reads it")
     return notes

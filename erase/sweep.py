@@ -21,12 +21,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from erase.balancers import BALANCERS
-from erase.config import TrainConfig
+from erase.config import TrainConfig, unread_settings
 from erase.config_args import unwrap_optional
 from pipelines.files import atomic_path, comparable_setting, write_json_atomic, write_text_atomic
 from pipelines.generate import safe_name
@@ -189,6 +190,7 @@ def _run_sweep(sweep: SweepConfig, train: dict) -> dict:
     from erase.loop import train as train_run
     from eval.config import EvalConfig
     from eval.runner import evaluate
+    from pipelines.processes import process_state
 
     output = Path(sweep.output)
     points = parse_grid(sweep.grid or (DEFAULT_GRID if train.get("model", "default") == "default" else []))
@@ -217,6 +219,9 @@ def _run_sweep(sweep: SweepConfig, train: dict) -> dict:
         progress=sweep.progress,
     )
     check_evaluable(evaluation_config, checked, folder)
+    if process_state().is_main_process:
+        for note in unread_by_every_run(planned, set(train)):
+            print(note, file=sys.stderr)
     folder.claim(SWEEP_NAMES)
     write_json_atomic(output / SETTINGS_NAME, eval_settings(evaluation_config))
     (output / "runs").mkdir(exist_ok=True)
@@ -231,6 +236,13 @@ def _run_sweep(sweep: SweepConfig, train: dict) -> dict:
     write_text_atomic(output / "front.md", front_table(front))
     plot_front(front, output / "front.png")
     return front
+
+
+def unread_by_every_run(planned: list[tuple[GridPoint, int, TrainConfig]], given: set[str]) -> list[str]:
+    """`erase train`'s note for each fixed setting that no run of the sweep reads (a flag some
+    grid points read and others do not is what a comparison across methods passes on purpose)."""
+    per_run = [unread_settings(config, given, where="this sweep") for _, _, config in planned]
+    return [note for note in per_run[0] if all(note in notes for notes in per_run[1:])] if per_run else []
 
 
 def eval_settings(evaluation: EvalConfig) -> dict:

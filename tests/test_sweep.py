@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from erase.cli import main
-from erase.sweep import GridPoint, hypervolume, parse_grid, summarise
+from erase.sweep import GridPoint, SweepConfig, hypervolume, parse_grid, plan_runs, summarise, unread_by_every_run
 from prompts import InputError
 
 
@@ -44,6 +44,21 @@ def test_a_wrong_grid_entry_is_named_with_the_fix(entry, message):
 def test_a_grid_point_given_twice_is_refused():
     with pytest.raises(InputError, match="names a point twice"):
         parse_grid(["none", "none"])
+
+
+def test_a_fixed_setting_no_run_of_the_sweep_reads_gets_a_note(tmp_path):
+    """A flag read by some grid points is the comparison's own (no note); one read by none is a
+    mistake the user should hear of, as `erase train` says for a single run."""
+    train = {"model": "default", "concept": "a red drawing of the digit three", "lambda_lr": 1e4, "mask_delta": 0.1}
+
+    def notes(*grid):
+        sweep = SweepConfig(output=str(tmp_path / "sweep"), grid=list(grid))
+        return unread_by_every_run(plan_runs(sweep, train, parse_grid(sweep.grid)), set(train))
+
+    mixed = notes("weighted:retain_weight=1,3", "eupmu-fast")
+    assert any("--mask-delta changes nothing in this sweep" in n for n in mixed)
+    assert not any("--lambda-lr" in n for n in mixed)  # eupmu-fast reads λ's rate
+    assert any("--lambda-lr changes nothing in this sweep" in n for n in notes("weighted:retain_weight=1,3"))
 
 
 def test_hypervolume_is_the_area_the_points_dominate():
