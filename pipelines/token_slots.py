@@ -10,6 +10,7 @@ unchanged, so gradients reach the attack through the family's ordinary condition
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -17,6 +18,7 @@ import torch
 from prompts import InputError
 
 FILLER = "a"  # one token in every CLIP vocabulary; its embedding is overwritten
+_TYPABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer → its typable ids (~3 s to find)
 
 
 def text_encoders(pipe) -> list:
@@ -55,6 +57,18 @@ class TokenSlots:
         special = {i for t in self.tokenizers for i in t.all_special_ids}
         return torch.tensor([i for i in range(self.vocab_size) if i not in special])
 
+    def typable_vocabulary(self) -> torch.Tensor:
+        """The ids a *typed* search may pick: tokens whose text, written twice with a space
+        between, tokenises back to the token twice, in every tokenizer. Word pieces fail (CLIP's
+        decoder joins them to the next token, which then tokenises as another word), and so do
+        tokens that change when cleaned. With the whole vocabulary about 40% of random 3-token
+        prefixes, written out as text, tokenised to other ids than the ones searched and judged;
+        from these ids none did (tests/test_attack.py). CLIP keeps 34,301 of 49,408."""
+        kept = set(self.vocabulary().tolist())
+        for tokenizer in self.tokenizers:
+            kept &= _typable_ids(tokenizer)
+        return torch.tensor(sorted(kept), dtype=torch.long)
+
     def tables(self) -> list[torch.Tensor]:
         """Each encoder's token-embedding table (vocab, width), frozen."""
         return [e.get_input_embeddings().weight.detach() for e in self.encoders]
@@ -87,3 +101,15 @@ class TokenSlots:
     def words(self, ids: list[int]) -> str:
         """Token ids as the text a user would type (CLIP's decoder joins words with spaces)."""
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def _typable_ids(tokenizer) -> set[int]:
+    cached = _TYPABLE.get(tokenizer)
+    if cached is None:
+        cached = set()
+        for i in range(len(tokenizer)):
+            text = tokenizer.decode([i, i]).strip()
+            if tokenizer(text, add_special_tokens=False).input_ids == [i, i]:
+                cached.add(i)
+        _TYPABLE[tokenizer] = cached
+    return cached

@@ -132,6 +132,8 @@ def test_text_grad_finds_the_known_token_among_candidates(default_pipe, tmp_path
     words = "zero one two three four five six seven eight nine plain red inverted blueprint drawing digit".split()
     candidates = [tok(w).input_ids[1] for w in words] + list(range(1000, 1100))
     monkeypatch.setattr(slots_module.TokenSlots, "vocabulary", lambda self: torch.tensor(candidates))
+    typable, asked = slots_module.TokenSlots.typable_vocabulary, []
+    monkeypatch.setattr(slots_module.TokenSlots, "typable_vocabulary", lambda self: asked.append(1) or typable(self))
     config = AttackConfig(runs=["x"], output="x", tokens=1, timesteps=4, iterations=10, progress=False)
     outcomes = _three_targets(default_pipe, config, [1, 3])
     _search(default_pipe, family_of(default_pipe), outcomes, THREE, DigitStyleJudge(), config, tmp_path, _Bar())
@@ -139,8 +141,21 @@ def test_text_grad_finds_the_known_token_among_candidates(default_pipe, tmp_path
     assert won and all(o.found == "three a plain drawing of the digit" for o in won), [
         (o.found, o.after) for o in outcomes
     ]
+    assert asked  # a typed search picks among the ids that stay themselves as text
     again = draw(default_pipe, [won[0].target.seed], config, prompt=[won[0].found])  # reproducible as typed
     assert judged(DigitStyleJudge(), again, THREE)[1] == [True]
+
+
+def test_typed_tokens_written_as_text_tokenise_back_to_the_ids_searched(default_pipe):
+    """text-grad judges the ids it holds but draws their text: from the typable vocabulary the
+    two must be the same prompt (with the whole vocabulary about 40% of 3-token draws were not)."""
+    slots = TokenSlots(default_pipe, 3)
+    vocabulary = slots.typable_vocabulary()
+    assert 30_000 < len(vocabulary) < len(slots.vocabulary())
+    draws = vocabulary[torch.randint(len(vocabulary), (500, 3), generator=torch.Generator().manual_seed(0))]
+    for ids in draws.tolist():
+        text = f"{slots.words(ids)} a plain drawing of the digit"
+        assert default_pipe.tokenizer(text).input_ids[1:4] == ids, text
 
 
 def test_asr_bookkeeping_on_crafted_judge_outputs():

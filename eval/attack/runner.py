@@ -147,9 +147,9 @@ def _search(pipe, family, outcomes: list[Outcome], concepts, judge, config: Atta
     slots = TokenSlots(pipe, config.tokens)
     prompts = slots.slotted([o.target.prompt for o in outcomes])
     generator = torch.Generator(device).manual_seed(config.seed)
-    search = SEARCHES[config.search](
-        len(outcomes), config.tokens, slots.tables(), slots.vocabulary(), config.lr, config.weight_decay, generator
-    )
+    kind = SEARCHES[config.search]
+    vocabulary = slots.typable_vocabulary() if kind.typed else slots.vocabulary()  # typed: drawn as text
+    search = kind(len(outcomes), config.tokens, slots.tables(), vocabulary, config.lr, config.weight_decay, generator)
     x0 = torch.stack([o.target.latent for o in outcomes]).to(device, pipe.unet.dtype)
     # Noised as in training (DDPM's ᾱ_t), as the bank noises: a sampler's own add_noise (Euler on
     # SDXL) looks t up among its sampling steps and gives x0 + σ·ε, not the UNet's training input.
