@@ -180,6 +180,32 @@ def test_fid_vs_base_compares_the_run_with_the_base_not_with_itself():
     assert "60 images in a 80-d space: biased upwards" in few
 
 
+def test_the_base_images_features_are_extracted_once_for_every_run_scored_against_them():
+    """Several runs against one base: the base's features once, each run's once, and each FID
+    exactly what a fresh comparison of the two sets gives (the cached sums are the same sums)."""
+
+    class Counting(Identity):
+        seen = 0
+
+        def features(self, images):
+            Counting.seen += len(images)
+            return super().features(images)
+
+    entries = [{"class": "x"}] * 64
+    base = ModelImages("base", None, entries, is_base=True)
+    runs = [ModelImages(f"run{i}", None, entries) for i in range(3)]
+    retain = list(range(4, 64))
+    ctx = EvalContext([base, *runs], [{"class": "x"}], forget_rows=[0, 1, 2, 3], features=Counting())
+    generator = torch.Generator().manual_seed(5)
+    for model in [base, *runs]:
+        ctx.image_cache[(model.name, tuple(retain), None)] = torch.randn(60, 3, generator=generator)
+    values = [fid_metrics(ctx, run)["FID_vs_base"]["value"] for run in runs]
+    assert Counting.seen == 1 + 60 + 3 * 60  # the feature-size probe, the base, each run
+    base_images = ctx.image_cache[("base", tuple(retain), None)]
+    fresh = [frechet_distance(Identity(), base_images, ctx.image_cache[(r.name, tuple(retain), None)]) for r in runs]
+    assert values == [metric_value(v, 60, "")["value"] for v in fresh] and len(set(values)) == 3
+
+
 def test_no_forget_rows_gives_no_ua_rather_than_a_number():
     """A prompt list without the erased concept has nothing to measure UA on: None, n = 0."""
     entries = [{"class": "five"}, {"class": "one"}]
