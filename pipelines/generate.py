@@ -445,9 +445,9 @@ def _esd_latents(pipe, jobs: list[ImageJob], height: int, width: int) -> torch.T
     """Each job's starting noise as ESD's generate-images.py draws it: one CPU generator seeded
     with the row's seed, one randn of (k, C, h, w) for the row's k images; this job takes its
     slice. The pipeline scales it by the scheduler's initial sigma, as ESD's script does. As in
-    theirs, an image's noise may depend on how many images its row has (torch's CPU randn fills a
-    tensor whose size is not a multiple of 16 in another order), so an esd-seeded image is redrawn
-    exactly only with the same --images-per-prompt; per-image seeding has no such tie."""
+    theirs, when C·h·w is not a multiple of 16 (both latent sides odd) an image's noise depends
+    on the row's k: torch's CPU randn redraws the last 16 values of a tensor whose size is not a
+    multiple of 16. At the usual sizes image i is the same for every k > i."""
     h, w = height // pipe.vae_scale_factor, width // pipe.vae_scale_factor
     rows: dict[tuple[int, int], torch.Tensor] = {}
     out = []

@@ -96,7 +96,8 @@ class TokenSearch(ABC):
 
     def __init__(self, rows, k, tables: list[torch.Tensor], vocabulary: torch.Tensor, lr, weight_decay, generator):
         """``tables``: each text encoder's token embeddings; ``vocabulary``: the token ids a
-        found prompt may use (every id but the start, end and padding tokens)."""
+        found prompt may use (for a typed search the ids whose text tokenises back to them,
+        ``TokenSlots.typable_vocabulary``; else every id but the start, end and padding tokens)."""
         self.vocabulary, self.generator = vocabulary, generator
         self.tables = [table[vocabulary.to(table.device)] for table in tables]
 
