@@ -320,11 +320,14 @@ OPTION_READS = {
 }
 
 
-def unread_settings(config: TrainConfig, given: set[str], where: str = "this run") -> list[str]:
-    """A note for each setting in ``given`` (the names the user set) that this run does not read."""
-    readers = [(f"--method {b.name}", lambda c, b=b: c.method == b.name, b.reads) for b in BALANCERS.values()] + [
-        (f"--parameters {n}", lambda c, n=n: c.parameters == n, s.reads) for n, s in PARAMETER_SETS.items()
-    ]
+def unread_settings(
+    config: TrainConfig, given: set[str], where: str = "this run", method_option: str = "--method"
+) -> list[str]:
+    """A note for each setting in ``given`` (the names the user set) that this run does not read
+    (``where`` and ``method_option`` name the run and how it picks a method: a sweep's ``--grid``)."""
+    readers = [
+        (f"{method_option} {b.name}", lambda c, b=b: c.method == b.name, b.reads) for b in BALANCERS.values()
+    ] + [(f"--parameters {n}", lambda c, n=n: c.parameters == n, s.reads) for n, s in PARAMETER_SETS.items()]
     readers += [(option, reads, names) for option, (reads, names) in OPTION_READS.items()]
     notes = []
     for name in sorted(given):

@@ -241,10 +241,7 @@ def _run_sweep(sweep: SweepConfig, train: dict) -> dict:
 def unread_by_every_run(planned: list[tuple[GridPoint, int, TrainConfig]], given: set[str]) -> list[str]:
     """`erase train`'s note for each fixed setting that no run of the sweep reads (a flag some
     grid points read and others do not is what a comparison across methods passes on purpose)."""
-    per_run = [
-        [note.replace("--method ", "--grid ") for note in unread_settings(config, given, where="this sweep")]
-        for _, _, config in planned
-    ]
+    per_run = [unread_settings(config, given, "this sweep", method_option="--grid") for _, _, config in planned]
     return [note for note in per_run[0] if all(note in notes for notes in per_run[1:])] if per_run else []
 
 
