@@ -8,6 +8,8 @@ and `erase generate`'s images (the attack's "before" images are the evaluation's
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import pipelines.token_slots as slots_module
 from erase.cli import main
 from eval.attack.config import AttackConfig
 from eval.attack.report import attack_markdown
-from eval.attack.runner import Outcome, Target, _search, _summary, attack_timesteps, draw, judged
+from eval.attack.runner import Outcome, Target, _search, _summary, attack_timesteps, draw, judged, print_summary
 from eval.attack.search import SEARCHES, project_to_simplex
 from eval.judges import DigitStyleJudge
 from pipelines.families import family_of
@@ -373,3 +375,13 @@ def test_a_run_inside_the_attack_folder_is_refused(tmp_path, capsys):
     assert main(argv) == 2
     assert "lies inside --output" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [".concept-erase.json", "myrun"]
+
+
+def test_the_summary_goes_to_the_standard_output_of_the_moment(tmp_path):
+    """Bound at import, the stream was whichever stdout the first importer had: under pytest a
+    capture closed since, and ``erase attack`` then failed after writing its report."""
+    model = dict(asr_before=1.0, asr_after=0.5, attacks=2, erased=[{"class": "three"}], seconds=3.0)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        print_summary({"models": {"run": model}}, tmp_path)
+    assert printed.getvalue().startswith("run: ASR 100") and "report →" in printed.getvalue()

@@ -309,7 +309,10 @@ def _settings(config: AttackConfig, found) -> dict:
     }
 
 
-def print_summary(result: dict, output: Path, stream=sys.stdout) -> None:
+def print_summary(result: dict, output: Path) -> None:
+    """One line per model, then where the report is, on the standard output of the moment (not the
+    one there was at import: a test's captured stream, closed since, once stood there)."""
+    stream = sys.stdout
     for name, model in result["models"].items():
         print(
             f"{name}: ASR {percent(model['asr_before'])} before the attack, {percent(model['asr_after'])} after "
