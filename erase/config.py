@@ -155,10 +155,12 @@ class TrainConfig:
     )
     mask_delta: float = field(default=0.05, metadata={"help": "mask: 1 − confidence of the sign test"})
     mask_micro_batches: int = field(default=4, metadata={"help": "mask: micro-batches for the retain-gradient spread"})
-    x_source: Literal["bank", "sample"] = field(
+    x_source: Literal["bank", "sample", "trajectory"] = field(
         default="bank",
         metadata={
-            "help": "where x_t comes from: `bank` noises latents the frozen model drew once (fast); `sample` "
+            "help": "where x_t comes from: `bank` noises latents the frozen model drew once (fast); `trajectory` "
+            "takes x_t from the frozen model's own sampling paths, drawn once with its predictions there, so a "
+            "step runs no frozen forward (fastest; x_t from a finite set at the sampler's timesteps); `sample` "
             "samples with the model being trained down to t at every step (ESD's slow path)"
         },
     )
@@ -178,9 +180,15 @@ class TrainConfig:
     adversarial_lr: float = field(
         default=1e-3, metadata={"help": "adversarial training: the attack's Adam learning rate (AdvUnlearn: 1e-3)"}
     )
-    bank_size: int = field(default=8, metadata={"help": "latents generated per prompt for the latent bank"})
-    bank_steps: int = field(default=20, metadata={"help": "sampler steps for the latent bank (and --x-source sample)"})
-    bank_guidance: float = field(default=5.0, metadata={"help": "guidance for the latent bank (and --x-source sample)"})
+    bank_size: int = field(
+        default=8, metadata={"help": "latents generated per prompt for the latent bank (paths, for trajectory)"}
+    )
+    bank_steps: int = field(
+        default=20, metadata={"help": "sampler steps for the latent bank (and --x-source sample, trajectory)"}
+    )
+    bank_guidance: float = field(
+        default=5.0, metadata={"help": "guidance for the latent bank (and --x-source sample, trajectory)"}
+    )
     t_min: int = field(default=0, metadata={"help": "smallest training timestep"})
     t_max: int = field(default=999, metadata={"help": "largest training timestep"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
@@ -294,9 +302,10 @@ class TrainConfig:
             )
         if not (math.isfinite(self.adversarial_lr) and self.adversarial_lr > 0):
             raise InputError(f"--adversarial-lr must be a finite number > 0, got {self.adversarial_lr}")
-        if self.adversarial_every and self.x_source != "bank":
+        if self.adversarial_every and self.x_source == "sample":
             raise InputError(
-                "--adversarial-every attacks on the latent bank's forget latents; use --x-source bank (the default)"
+                "--adversarial-every attacks on forget latents drawn once, not sampled at every step; use "
+                "--x-source bank (the default) or trajectory"
             )
         if self.adversarial_every and self.offload_encoders:
             raise InputError(

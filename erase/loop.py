@@ -353,7 +353,10 @@ class ErasureRun:
         if not count:
             return draw
         cond = Conditioning.cat([self.unconditional.expand(count), draw.cond[count:]])
-        return replace(draw, cond=cond)
+        frozen = draw.frozen
+        if frozen is not None:  # the recorded ∅ prediction for the ∅ rows
+            frozen = torch.cat([draw.frozen_null[:count], frozen[count:]])
+        return replace(draw, cond=cond, frozen=frozen)
 
     def _unconditional_rows(self) -> int:
         """How many leading rows of a retain batch carry ∅ (``--retain-unconditional``)."""
@@ -373,8 +376,19 @@ class ErasureRun:
         return self.space(output.float(), draw.x_t.float(), draw.t)
 
     def _frozen_epsilon(self, draw: Draw, cond=None) -> torch.Tensor:
+        """The frozen model's prediction on ``draw`` under its own conditioning or ``cond``: the
+        one the source recorded with the draw when it has it (``--x-source trajectory``)."""
+        if cond is None and draw.frozen is not None:
+            return self.space(draw.frozen.float(), draw.x_t.float(), draw.t)
         with torch.no_grad():
             return self._epsilon(self.frozen, draw, cond)
+
+    def _anchor_epsilon(self, draw: Draw) -> torch.Tensor:
+        """The frozen model's prediction under each row's anchor prompt: the recorded ∅ one when
+        every anchor is ∅ and the source has it."""
+        if draw.frozen_null is not None and not any(self.anchor_prompts):
+            return self.space(draw.frozen_null.float(), draw.x_t.float(), draw.t)
+        return self._frozen_epsilon(draw, self.anchors[draw.rows])
 
     def _retain_loss(self, batch, part: torch.Tensor | None = None) -> torch.Tensor:
         """ℓ_r of the trainable UNet on the batch's retain latents (or the rows in ``part``)."""
@@ -389,7 +403,7 @@ class ErasureRun:
     def _step_losses(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.config
         draw = batch["forget"]
-        eps_anchor = self._frozen_epsilon(draw, self.anchors[draw.rows])
+        eps_anchor = self._anchor_epsilon(draw)
         eps_forget = self._epsilon(self.unet, draw, self.adversarial.condition(draw) if self.adversarial else None)
         if cfg.loss == "negative-guidance":
             eps_concept = self._frozen_epsilon(draw)

@@ -1,8 +1,9 @@
-"""Step cost of each balancer (± the feasible mask) and of the two x_t sources, measured
+"""Step cost of each balancer (± the feasible mask) and of the x_t sources, measured
 interleaved in one process and reported as ratios to `weighted`.
 
     python scripts/bench_step_cost.py                      # default model, CPU
     python scripts/bench_step_cost.py --repeats 50 --device cuda
+    python scripts/bench_step_cost.py --variants eupmu-fast "eupmu-fast, x_t on frozen paths"
 
 Every variant is an `ErasureRun` with the same seed, so step k of every variant draws the same
 batch. Each round times one step of every variant in turn (the order rotates each round), so
@@ -38,6 +39,8 @@ def variants() -> dict[str, dict]:
     out = {m: {"method": m} for m in METHODS}
     out |= {f"{m} + mask": {"method": m, "mask": "feasible"} for m in METHODS}
     out["weighted, x_t by sampling"] = {"method": "weighted", "x_source": "sample"}
+    for m in ("weighted", "eupmu-fast"):  # the frozen targets recorded with the points: no frozen forward
+        out[f"{m}, x_t on frozen paths"] = {"method": m, "x_source": "trajectory"}
     return out
 
 
@@ -80,11 +83,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=20, help="timed rounds (one step of every variant each)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--output", default=str(ROOT / ".cache" / "bench"))
+    p.add_argument(
+        "--variants", nargs="+", default=None, metavar="NAME", help="only these rows (weighted is always timed)"
+    )
     args = p.parse_args(argv)
+    chosen = variants()
+    if args.variants:
+        unknown = [v for v in args.variants if v not in chosen]
+        if unknown:
+            p.error(f"unknown variant(s) {', '.join(map(repr, unknown))}; choose from {', '.join(map(repr, chosen))}")
+        chosen = {n: o for n, o in chosen.items() if n == "weighted" or n in args.variants}
 
     out = Path(args.output)
     runs: dict[str, ErasureRun] = {}
-    for name, overrides in variants().items():
+    for name, overrides in chosen.items():
         config = TrainConfig(
             output=str(out / "runs" / name.replace(" ", "").replace(",", "-")),
             model=args.model,

@@ -155,6 +155,7 @@ def test_every_command_end_to_end(name, request, write, tmp_path, no_network):
     "settings",
     [
         {"x_source": "sample", "method": "explicit"},
+        {"x_source": "trajectory", "method": "eupmu", "retain_unconditional": 0.5},
         {"method": "eupmu-fast", "mask": "feasible", "mask_micro_batches": 2, "parameters": "full"},
         {"method": "weighted", "parameters": "noxattn", "loss": "anchor", "anchor": "a drawing"},
         {"method": "none", "mask": "feasible", "mask_micro_batches": 2},

@@ -184,6 +184,8 @@ RESUME_CASES = {
     "explicit+mask": dict(method="explicit", mask="feasible", mask_micro_batches=2),
     "weighted+anchor-loss": dict(method="weighted", loss="anchor", anchor="a plain circle"),
     "none+sample": dict(method="none", x_source="sample", bank_steps=3),
+    # the points and their recorded targets are drawn again, seeded per path, after the resume
+    "trajectory": dict(method="eupmu", x_source="trajectory", bank_steps=3, retain_unconditional=0.5),
     "lora": dict(method="eupmu", parameters="lora"),  # the adapters and their optimiser state travel
     # peft's dropout draws from torch's global RNG: seeded per step, or the masks after a resume differ
     "lora-dropout": dict(method="eupmu", parameters="lora", lora_dropout=0.5),

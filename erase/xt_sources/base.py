@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from pipelines.conditioning import Conditioning
+from prompts import InputError
 
 # (x_t, t, conditioning) → the trainable model's raw output; the sample-to-t source samples with it
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
@@ -16,15 +17,43 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
 @dataclass
 class Draw:
     """One batch: x_t (B, C, h, w) at timesteps t (B,), the noise added (None when x_t was reached
-    by sampling), the rows' conditioning and which prompt each row is."""
+    by sampling), the rows' conditioning and which prompt each row is.
+
+    ``frozen`` and ``frozen_null``, when a source has them (``trajectory``): the frozen model's raw
+    output at (x_t, t) under the rows' conditioning and under ∅, recorded when the source drew
+    x_t, so the step need not run the frozen model for them."""
 
     x_t: torch.Tensor
     t: torch.Tensor
     noise: torch.Tensor | None
     cond: Conditioning
     rows: torch.Tensor
+    frozen: torch.Tensor | None = None
+    frozen_null: torch.Tensor | None = None
 
     def __getitem__(self, part: torch.Tensor) -> Draw:
         """The rows in ``part`` (for micro-batches)."""
-        noise = None if self.noise is None else self.noise[part]
-        return Draw(self.x_t[part], self.t[part], noise, self.cond[part], self.rows[part])
+
+        def pick(value):
+            return None if value is None else value[part]
+
+        parts = (self.x_t, self.t, self.noise, self.cond, self.rows, self.frozen, self.frozen_null)
+        return Draw(*(pick(tensor) for tensor in parts))
+
+
+def stops_in_range(sampler, config) -> list[int]:
+    """The indices of ``sampler``'s timesteps that lie in [t_min, t_max]: where a source that
+    samples may stop (refused when there are none)."""
+    times = sampler.timesteps.tolist()
+    stops = [k for k, t in enumerate(times) if config.t_min <= t <= config.t_max]
+    if not stops:
+        raise InputError(
+            f"no sampler timestep of --bank-steps {config.bank_steps} lies in --t-min..--t-max "
+            f"({config.t_min}..{config.t_max}); widen the range or use more steps"
+        )
+    return stops
+
+
+def guided(uncond: torch.Tensor, text: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance, as diffusers' pipelines mix it: ∅ + g·(prompt − ∅)."""
+    return uncond + guidance * (text - uncond)

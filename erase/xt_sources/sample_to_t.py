@@ -7,9 +7,8 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler
 
-from erase.xt_sources.base import Denoiser, Draw
+from erase.xt_sources.base import Denoiser, Draw, guided, stops_in_range
 from pipelines.conditioning import Conditioning
-from prompts import InputError
 
 
 class SampleToT:
@@ -23,13 +22,7 @@ class SampleToT:
         self.null = family.encode(pipe, [""])  # the family's own unconditional input
         self.channels = pipe.unet.config.in_channels
         self.latent_size = family.latent_size(pipe)
-        times = self.sampler.timesteps.tolist()
-        self.stops = [k for k, t in enumerate(times) if config.t_min <= t <= config.t_max]
-        if not self.stops:
-            raise InputError(
-                f"no sampler timestep of --bank-steps {config.bank_steps} lies in --t-min..--t-max "
-                f"({config.t_min}..{config.t_max}); widen the range or use more steps"
-            )
+        self.stops = stops_in_range(self.sampler, config)
 
     @torch.no_grad()
     def draw(self, kind: str, batch: int, generator: torch.Generator, denoise: Denoiser, weights=None) -> Draw:
@@ -53,7 +46,7 @@ class SampleToT:
                 prediction = denoise(latents, t, cond).float()
             else:
                 uncond, text = denoise(torch.cat([latents] * 2), t, both).float().chunk(2)
-                prediction = uncond + self.guidance * (text - uncond)
+                prediction = guided(uncond, text, self.guidance)
             latents = self.sampler.step(prediction, t, latents).prev_sample
         t = timesteps[stop].to(device).expand(batch)
         return Draw(latents, t, None, cond, rows)

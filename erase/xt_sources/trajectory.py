@@ -1,0 +1,115 @@
+"""x_t on the frozen model's own sampling paths, kept with what the frozen model predicted there
+(``--x-source trajectory``): a step then runs no frozen forward.
+
+With the bank, a step runs the frozen UNet three times besides the trainable one's two forwards
+and backward: on the forget batch under its prompt and under ∅ (the negative-guidance target),
+and on the retain batch under its prompt (the retain target). Sampling an image with guidance
+evaluates the frozen UNet on x_t under the prompt and under ∅ at every sampler step, which are
+the same predictions. This source DDIM-samples ``--bank-size`` paths per prompt once, at setup,
+with the frozen model, and keeps x_t and both predictions at every sampler step whose timestep
+lies in [t_min, t_max]; a draw picks such points, and the step reads its frozen targets from them
+(``Draw.frozen``, ``Draw.frozen_null``).
+
+What it changes: x_t comes from a finite set (prompts × bank_size × the in-range sampler steps) at
+the sampler's timesteps, where the bank noises its x_0 afresh at any t in the range every step.
+Setup costs what drawing the bank costs; the points live in host memory (x_t in float32, the
+predictions in the dtype the UNet gave them: for SD 1.5 at bf16, 20 steps and 41 prompts × 8
+latents, about 0.8 GB). They are drawn again by every run (the bank's disk cache does not hold
+them); the drawing is seeded per latent, so a resumed run gets the same points. A forget prompt
+with its own anchor prompt still needs the frozen model for the anchor's prediction.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate.utils import find_executable_batch_size
+from diffusers import DDIMScheduler
+
+from erase.xt_sources.base import Denoiser, Draw, guided, stops_in_range
+from pipelines.conditioning import Conditioning
+from pipelines.progress import progress as progress_bar
+
+SAMPLE_BATCH = 32  # latents sampled together (halved when the accelerator runs out of memory)
+
+
+class FrozenTrajectories:
+    def __init__(
+        self, pipe, family, prompts: dict[str, list[str]], conditions: dict[str, Conditioning], config, progress: bool
+    ):
+        self.conditions = conditions
+        self.guidance = config.bank_guidance
+        self.sampler = DDIMScheduler.from_config(pipe.scheduler.config)
+        self.sampler.set_timesteps(config.bank_steps)
+        self.stops = stops_in_range(self.sampler, config)
+        self.stop_times = self.sampler.timesteps[self.stops].long()
+        self.null = family.encode(pipe, [""])  # the family's own unconditional input, as the loop's ∅
+        self.shape = (pipe.unet.config.in_channels, *family.latent_size(pipe))
+        self.paths = {
+            kind: self._record(pipe.unet, conditions[kind], config.bank_size, config.seed, f"{kind} paths", progress)
+            for kind, texts in prompts.items()
+            if texts
+        }
+
+    @torch.no_grad()
+    def _record(self, unet, conditions: Conditioning, per_prompt: int, seed: int, desc: str, progress: bool) -> dict:
+        """{"x_t", "text", "null"}: each (P, K, S, C, h, w) on the CPU, for P prompts, K paths each
+        and the S in-range sampler steps. Path k of prompt p starts from its own generator
+        (seed + 1000·p + k, as the bank's latents do), so the points do not depend on the batch."""
+        jobs = [(p, k) for p in range(len(conditions)) for k in range(per_prompt)]
+        device = conditions.device
+        last = self.stops[-1]
+        keep = set(self.stops)
+        halved = SAMPLE_BATCH
+
+        def halve() -> int:
+            nonlocal halved
+            halved //= 2
+            return halved
+
+        @find_executable_batch_size(starting_batch_size=SAMPLE_BATCH, reduce_batch_size_fn=halve)
+        def sample(batch: int) -> list[dict]:
+            chunks = []
+            bar = progress_bar(len(jobs), desc, unit="path", enabled=progress)
+            for first in range(0, len(jobs), batch):
+                chunk = jobs[first : first + batch]
+                seeds = [torch.Generator().manual_seed(seed + 1000 * p + k) for p, k in chunk]
+                noise = torch.stack([torch.randn(self.shape, generator=g) for g in seeds])
+                latents = (noise * self.sampler.init_noise_sigma).to(device)
+                rows = torch.tensor([p for p, _ in chunk], device=device)
+                both = Conditioning.cat([self.null.expand(len(chunk)), conditions[rows]])
+                kept = {"x_t": [], "text": [], "null": []}
+                for index, t in enumerate(self.sampler.timesteps[: last + 1]):
+                    null, text = unet(torch.cat([latents] * 2), t, **both.unet_kwargs()).sample.chunk(2)
+                    if index in keep:
+                        for name, value in (("x_t", latents), ("text", text), ("null", null)):
+                            kept[name].append(value.cpu())
+                    if index < last:
+                        # as the pipeline (and so the bank) samples: no guidance at all for g ≤ 1
+                        step = text.float() if self.guidance <= 1 else guided(null.float(), text.float(), self.guidance)
+                        latents = self.sampler.step(step, t, latents).prev_sample
+                chunks.append({name: torch.stack(values, dim=1) for name, values in kept.items()})
+                bar.update(len(chunk))
+            bar.close()
+            return chunks
+
+        chunks = sample()
+        shape = (len(conditions), per_prompt, len(self.stops), *self.shape)
+        return {name: torch.cat([c[name] for c in chunks]).reshape(shape) for name in chunks[0]}
+
+    def draw(self, kind: str, batch: int, generator: torch.Generator, denoise: Denoiser, weights=None) -> Draw:
+        """Points drawn uniformly over the kind's paths and steps (``weights``: each prompt's
+        probability of being drawn; its path and step then uniformly). ``denoise`` is not called:
+        the points were drawn with the frozen model at setup."""
+        path = self.paths[kind]
+        prompts, per_prompt, stops = path["x_t"].shape[:3]
+        per = per_prompt * stops
+        if weights is None:
+            index = torch.randint(0, prompts * per, (batch,), generator=generator)
+        else:
+            chosen = torch.multinomial(weights, batch, replacement=True, generator=generator)
+            index = chosen * per + torch.randint(0, per, (batch,), generator=generator)
+        device = self.conditions[kind].device
+        x_t, text, null = (path[name].flatten(0, 2)[index].to(device) for name in ("x_t", "text", "null"))
+        rows = (index // per).to(device)
+        t = self.stop_times[index % stops].to(device)
+        return Draw(x_t, t, None, self.conditions[kind][rows], rows, frozen=text, frozen_null=null)

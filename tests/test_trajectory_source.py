@@ -1,0 +1,112 @@
+"""``--x-source trajectory``: x_t on the frozen model's sampling paths, with the frozen predictions
+recorded there. The recorded targets must be the ones the frozen model gives at those points
+(every family, the ∅ rows of the retain batch and the ∅ anchor included), a step must then run no
+frozen forward, and the points must not depend on how they were batched."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+import erase.xt_sources.trajectory as trajectory
+from erase import loop
+from erase.config import TrainConfig
+
+FOLDERS = ["tiny_pipeline_dir", "tiny_sd2_dir", "tiny_sdxl_dir"]  # ε, v-prediction, SDXL's added inputs
+
+
+def config(folder, output, retain, **kw) -> TrainConfig:
+    settings = dict(concept="a drawing of a cat", steps=2, batch_size=6, bank_size=2, bank_steps=4, progress=False)
+    settings |= dict(x_source="trajectory", retain_unconditional=0.5)
+    return TrainConfig(output=str(output), model=str(folder), retain=str(retain), **settings | kw)
+
+
+@pytest.fixture()
+def retain(write):
+    return write("retain.txt", "a drawing of a house\na drawing of a dog\n")
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_recorded_targets_are_the_frozen_models_predictions_there(folder, request, retain, tmp_path):
+    run = loop.ErasureRun(config(request.getfixturevalue(folder), tmp_path / "run", retain))
+    run.setup()
+    forget, retained = run._draw("forget", 6), run._draw_retain()
+    assert forget.frozen is not None and retained.frozen is not None
+    assert len(retained.cond.text) == 6 and run._unconditional_rows() == 3  # the ∅ rows are there to check
+    with torch.no_grad():
+        for draw in (forget, retained):  # under the rows' own conditioning (∅ for the first retain rows)
+            torch.testing.assert_close(run._frozen_epsilon(draw), run._epsilon(run.frozen, draw), rtol=1e-4, atol=1e-5)
+        anchors = run.anchors[forget.rows]  # every anchor is ∅ here: the recorded ∅ prediction
+        torch.testing.assert_close(
+            run._anchor_epsilon(forget), run._epsilon(run.frozen, forget, anchors), rtol=1e-4, atol=1e-5
+        )
+
+
+def test_paths_start_from_each_latents_own_seed_and_stay_in_the_timestep_range(tiny_pipeline_dir, retain, tmp_path):
+    run = loop.ErasureRun(config(tiny_pipeline_dir, tmp_path / "run", retain, bank_steps=5, seed=3))
+    run.setup()
+    source = run.x_source
+    sampler = DDIMScheduler.from_config(run.pipe.scheduler.config)
+    sampler.set_timesteps(5)
+    assert source.stop_times.tolist() == sampler.timesteps.tolist()  # 0..999: every sampler step
+    starts = source.paths["retain"]["x_t"][:, :, 0]  # (prompts, paths, C, h, w) at the first step
+    for p in range(2):
+        for k in range(2):
+            noise = torch.randn(starts.shape[2:], generator=torch.Generator().manual_seed(3 + 1000 * p + k))
+            assert torch.equal(starts[p, k], noise * sampler.init_noise_sigma)
+
+    narrow = loop.ErasureRun(config(tiny_pipeline_dir, tmp_path / "narrow", retain, bank_steps=5, t_min=300, t_max=700))
+    narrow.setup()
+    allowed = {t for t in sampler.timesteps.tolist() if 300 <= t <= 700}
+    assert set(narrow.x_source.stop_times.tolist()) == allowed
+    assert {int(t) for _ in range(10) for t in narrow._draw("forget", 6).t} == allowed
+
+
+def test_points_do_not_depend_on_the_sampling_batch(tiny_pipeline_dir, retain, tmp_path, monkeypatch):
+    runs = {}
+    for batch in (32, 3):
+        monkeypatch.setattr(trajectory, "SAMPLE_BATCH", batch)
+        runs[batch] = loop.ErasureRun(config(tiny_pipeline_dir, tmp_path / f"b{batch}", retain))
+        runs[batch].setup()
+    for kind in ("forget", "retain"):
+        for name in ("x_t", "text", "null"):
+            a, b = runs[32].x_source.paths[kind][name], runs[3].x_source.paths[kind][name]
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("settings", "frozen_calls"),
+    [
+        (dict(x_source="bank"), 3),  # forget under its prompt and under ∅, retain under its prompt
+        (dict(), 0),
+        (dict(anchor="a drawing"), 1),  # an anchor prompt's prediction was not recorded
+        (dict(method="eupmu", retain_probe="fresh"), 0),  # the fresh probe batch has its targets too
+    ],
+)
+def test_a_step_runs_the_frozen_model_only_for_what_was_not_recorded(
+    settings, frozen_calls, tiny_pipeline_dir, retain, tmp_path
+):
+    run = loop.ErasureRun(config(tiny_pipeline_dir, tmp_path / "run", retain, **{"method": "weighted"} | settings))
+    run.setup()
+    calls, frozen = [], run.frozen
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return frozen(*args, **kwargs)
+
+    run.frozen = counting
+    for run.step in range(2):
+        run.train_step()
+    assert len(calls) == 2 * frozen_calls
+
+
+def test_trains_with_adversarial_rounds_and_logs_finite_losses(tiny_pipeline_dir, retain, tmp_path):
+    out = loop.train(
+        config(tiny_pipeline_dir, tmp_path / "run", retain, steps=3, adversarial_every=2, adversarial_iterations=2)
+    )
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and all(torch.isfinite(torch.tensor([e["loss_forget"], e["loss_retain"]])).all() for e in log)
+    assert json.loads((out / "train_config.json").read_text())["x_source"] == "trajectory"
