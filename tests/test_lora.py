@@ -176,11 +176,15 @@ def test_lora_targets_registry_entry_names_the_merged_weights():
     assert not chosen.changes("down_blocks.0.resnets.0.conv1.weight", settings)
 
 
-def test_sdxl_lora_export_loads_in_diffusers(tiny_sdxl_dir, tmp_path, write):
+@pytest.mark.parametrize("folder", ["tiny_sd2_dir", "tiny_sdxl_dir"])
+def test_sd2_and_sdxl_lora_exports_load_in_diffusers(folder, request, tmp_path, write):
+    """SD 2.x (linear projections, v-prediction, the OpenCLIP text encoder) and SDXL (two
+    encoders, added conditioning) name their layers otherwise than SD 1.x; both files load."""
+    base = request.getfixturevalue(folder)
     retain = write("retain.txt", "a drawing of a house\n")
     run = loop.train(
         TrainConfig(
-            model=str(tiny_sdxl_dir),
+            model=str(base),
             concept="a drawing of a dog",
             retain=str(retain),
             output=str(tmp_path / "run"),
@@ -197,6 +201,6 @@ def test_sdxl_lora_export_loads_in_diffusers(tiny_sdxl_dir, tmp_path, write):
     for fmt in ("lora", "lora-kohya"):
         out = tmp_path / f"{fmt}.safetensors"
         main(["export", str(run), "--format", fmt, "--output", str(out)])
-        pipe = DiffusionPipeline.from_pretrained(tiny_sdxl_dir)
+        pipe = DiffusionPipeline.from_pretrained(base)
         pipe.load_lora_weights(str(out))
         assert abs(_images(pipe, "a drawing of a dog") - want).max() < 1e-4, fmt
