@@ -103,29 +103,56 @@ class SweepConfig:
 class GridPoint:
     method: str
     setting: str | None  # the TrainConfig field the grid turns, or None (the method alone)
-    value: float | int | None
+    value: float | int | str | None  # a number, or one of a choice setting's names
+
+    @property
+    def _shown(self) -> str:
+        return self.value if isinstance(self.value, str) else f"{self.value:g}"
 
     @property
     def label(self) -> str:
-        return self.method if self.setting is None else f"{self.method} {self.setting}={self.value:g}"
+        return self.method if self.setting is None else f"{self.method} {self.setting}={self._shown}"
 
     def run_name(self, seed: int) -> str:
-        knob = "" if self.setting is None else f"-{self.setting}-{self.value:g}"
+        knob = "" if self.setting is None else f"-{self.setting}-{self._shown}"
         return safe_name(f"{self.method}{knob}-s{seed}", limit=100)
 
     def overrides(self) -> dict:
         return {"method": self.method} | ({} if self.setting is None else {self.setting: self.value})
 
 
-def parse_grid(entries: list[str]) -> list[GridPoint]:
-    """``["eupmu:retain_budget=0,1e-6", "none"]`` → grid points, checked against the balancers and
-    TrainConfig's numeric fields; a wrong entry is named with the fix."""
+def grid_settings() -> dict[str, type | tuple[str, ...]]:
+    """What a grid may turn: each TrainConfig field that is a number (its type) or a choice
+    (its names: ``x_source``, ``retain_probe``, ``loss``, ...), less what each run sets itself."""
     hints = typing.get_type_hints(TrainConfig)
-    numeric = sorted(
-        f.name
-        for f in dataclasses.fields(TrainConfig)
-        if f.name not in PER_POINT and unwrap_optional(hints[f.name]) in (float, int)
-    )
+    settings = {}
+    for f in dataclasses.fields(TrainConfig):
+        kind = unwrap_optional(hints[f.name])
+        if f.name in PER_POINT:
+            continue
+        if kind in (float, int):
+            settings[f.name] = kind
+        elif typing.get_origin(kind) is typing.Literal:
+            settings[f.name] = typing.get_args(kind)
+    return dict(sorted(settings.items()))
+
+
+def _grid_value(entry: str, setting: str, kind: type | tuple[str, ...], text: str) -> float | int | str:
+    if isinstance(kind, tuple):
+        if text not in kind:
+            raise InputError(f"--grid {entry!r}: {setting} has no choice {text!r}; choose from {', '.join(kind)}")
+        return text
+    try:
+        return kind(text)
+    except ValueError:
+        raise InputError(f"--grid {entry!r}: {text!r} is not a {kind.__name__}") from None
+
+
+def parse_grid(entries: list[str]) -> list[GridPoint]:
+    """``["eupmu:retain_budget=0,1e-6", "eupmu-fast:x_source=bank,trajectory", "none"]`` → grid
+    points, checked against the balancers and TrainConfig's numeric and choice fields; a wrong
+    entry is named with the fix."""
+    settings = grid_settings()
     points: list[GridPoint] = []
     for entry in entries:
         method, _, knob = entry.partition(":")
@@ -136,17 +163,12 @@ def parse_grid(entries: list[str]) -> list[GridPoint]:
             continue
         setting, equals, values = knob.partition("=")
         setting = setting.strip().replace("-", "_")
-        if not equals or setting not in numeric:
+        if not equals or setting not in settings:
             raise InputError(
-                f"--grid {entry!r}: expected METHOD:SETTING=V1,V2,... with SETTING one of {', '.join(numeric)}"
+                f"--grid {entry!r}: expected METHOD:SETTING=V1,V2,... with SETTING one of {', '.join(settings)}"
             )
-        kind = unwrap_optional(hints[setting])
         for text in values.split(","):
-            try:
-                value = kind(text.strip())
-            except ValueError:
-                raise InputError(f"--grid {entry!r}: {text.strip()!r} is not a {kind.__name__}") from None
-            points.append(GridPoint(method, setting, value))
+            points.append(GridPoint(method, setting, _grid_value(entry, setting, settings[setting], text.strip())))
     if len(set(points)) != len(points):
         raise InputError(f"--grid {' '.join(entries)} names a point twice; give each once")
     return points

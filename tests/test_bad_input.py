@@ -233,6 +233,7 @@ CASES = [
     # erase sweep
     ("sweep-grid-unknown-method", SWEEP + ["--grid", "esd"], "unknown method 'esd'"),
     ("sweep-grid-bad-value", SWEEP + ["--grid", "weighted:retain_weight=1,x"], "'x' is not a float"),
+    ("sweep-grid-bad-choice", SWEEP + ["--grid", "eupmu:x_source=banks"], "x_source has no choice 'banks'"),
     ("sweep-grid-not-a-knob", SWEEP + ["--grid", "eupmu:seed=1,2"], "SETTING one of"),
     ("sweep-bad-train-setting", SWEEP + ["--steps", "0"], "--grid point none: --steps"),
     ("sweep-retain-missing", SWEEP + ["--retain", "{bad}/gone.txt"], "gone.txt"),

@@ -25,6 +25,21 @@ def test_grid_entries_become_points_with_typed_values():
     assert type(points[3].value) is int and points[1].run_name(2) == "eupmu-retain_budget-1e-06-s2"
 
 
+def test_a_choice_setting_is_a_grid_knob_and_each_run_gets_its_choice(tmp_path):
+    """x_source, retain_probe, loss, ... are compared as numbers are: each name is one point."""
+    points = parse_grid(["eupmu-fast:x-source=bank,trajectory", "eupmu:retain_probe=fresh"])
+    assert [p.value for p in points] == ["bank", "trajectory", "fresh"]
+    assert [p.label for p in points][1] == "eupmu-fast x_source=trajectory"
+    assert points[1].run_name(0) == "eupmu-fast-x_source-trajectory-s0"
+    sweep = SweepConfig(output=str(tmp_path / "sweep"), grid=[])
+    planned = plan_runs(sweep, {"model": "default", "concept": "a red drawing of the digit three"}, points)
+    assert [(c.method, c.x_source, c.retain_probe) for _, _, c in planned] == [
+        ("eupmu-fast", "bank", "same"),
+        ("eupmu-fast", "trajectory", "same"),
+        ("eupmu", "bank", "fresh"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
@@ -33,6 +48,8 @@ def test_grid_entries_become_points_with_typed_values():
         ("eupmu:retain_budget", "expected METHOD:SETTING=V1,V2"),
         ("eupmu:seed=1,2", "SETTING one of"),  # set per run by --seeds, not a knob
         ("weighted:retain_weight=1,x", "'x' is not a float"),
+        ("weighted:x_source=bank,banks", "x_source has no choice 'banks'; choose from bank, sample, trajectory"),
+        ("weighted:half_frozen=1", "SETTING one of"),  # a switch, fixed for the sweep
         ("none,none", "unknown method"),
     ],
 )

@@ -9,7 +9,8 @@ Examples (the embedded default model):
     erase sweep ... --output sweeps/three --resume      # add points or finish a cut sweep
 
 --grid METHOD:SETTING=V1,V2,... turns one train setting (any numeric `erase train` flag, with
-underscores: retain_budget, lambda_lr, retain_weight, lambda_gain, mask_delta, learning_rate, ...);
+underscores: retain_budget, lambda_lr, retain_weight, lambda_gain, mask_delta, learning_rate, ...;
+or a choice: x_source=bank,trajectory, retain_probe=same,fresh, loss, mask, parameters, ...);
 a bare METHOD is one point. Every other `erase train` flag (or --config file) is fixed for the
 whole sweep. Each point and seed is an ordinary run folder under OUTPUT/runs/; all of them are
 scored in one `erase eval` report under OUTPUT/eval/; the front is OUTPUT/front.md, front.json
