@@ -13,7 +13,8 @@ Adam at lr 1e-3 for 30 iterations per round, each round warm-started from the la
 ("latest"), the frozen model's prediction as the attack's target. AdvUnlearn attacks before every
 step (30 attack iterations per training step); a round every N steps costs 30/N per step here,
 and N is the user's.
-The x_t the attack sees come from the latent bank, as the training steps' do.
+The x_t the attack sees come from the run's x_t source (the latent bank or the frozen paths), as
+the training steps' do.
 """
 
 from __future__ import annotations

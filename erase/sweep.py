@@ -60,6 +60,9 @@ DEFAULT_GRID = [
 ]
 # Train settings that a sweep sets per point, or that belong to the sweep itself.
 PER_POINT = ("output", "method", "seed", "resume", "overwrite", "progress")
+# Settings a grid may not turn: Accelerate's precision belongs to the processes `accelerate
+# launch` started, so a second point with another one fails after the first has trained.
+FIXED_PER_SWEEP = ("mixed_precision",)
 
 
 @dataclass
@@ -113,6 +116,13 @@ class GridPoint:
     def label(self) -> str:
         return self.method if self.setting is None else f"{self.method} {self.setting}={self._shown}"
 
+    @property
+    def curve(self) -> str:
+        """The front this point belongs to: its method's over a number's values, but each choice's
+        own (``eupmu-fast x_source=trajectory``), since a bank and a trajectory are two methods
+        to compare, not two points of one."""
+        return self.label if isinstance(self.value, str) else self.method
+
     def run_name(self, seed: int) -> str:
         knob = "" if self.setting is None else f"-{self.setting}-{self._shown}"
         return safe_name(f"{self.method}{knob}-s{seed}", limit=100)
@@ -128,7 +138,7 @@ def grid_settings() -> dict[str, type | tuple[str, ...]]:
     settings = {}
     for f in dataclasses.fields(TrainConfig):
         kind = unwrap_optional(hints[f.name])
-        if f.name in PER_POINT:
+        if f.name in PER_POINT or f.name in FIXED_PER_SWEEP:
             continue
         if kind in (float, int):
             settings[f.name] = kind
@@ -316,7 +326,8 @@ def summarise(planned: list[tuple[GridPoint, int, TrainConfig]], scored: dict) -
         by_point.setdefault(point, []).append(row)
     points = []
     for point, rows in by_point.items():
-        entry = {"point": point.label, "method": point.method, "setting": point.setting, "value": point.value}
+        entry = {"point": point.label, "method": point.method, "curve": point.curve}
+        entry |= {"setting": point.setting, "value": point.value}
         for key in ("UA", "kept", "FID"):
             values = [r[key] for r in rows if r[key] is not None]
             entry[key] = statistics.mean(values) if values else None
@@ -329,8 +340,8 @@ def summarise(planned: list[tuple[GridPoint, int, TrainConfig]], scored: dict) -
     fids = [p["FID"] for p in scored_points if p["FID"] is not None]
     fid_max = max(fids) if fids and max(fids) > 0 else None
     methods = {}
-    for method in dict.fromkeys(p["method"] for p in points):
-        mine = [p for p in scored_points if p["method"] == method]
+    for method in dict.fromkeys(p["curve"] for p in points):  # a method, or a method with one choice
+        mine = [p for p in scored_points if p["curve"] == method]
         methods[method] = {
             "points": len(mine),
             "hypervolume_UA_kept": hypervolume([(p["UA"], p["kept"]) for p in mine]),
@@ -387,7 +398,7 @@ def plot_front(front: dict, target: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for method in front["methods"]:
-        mine = sorted((p["UA"], p["kept"]) for p in front["points"] if p["method"] == method and p["UA"] is not None)
+        mine = sorted((p["UA"], p["kept"]) for p in front["points"] if p["curve"] == method and p["UA"] is not None)
         if mine:
             ax.plot(*zip(*mine, strict=True), marker="o", label=method)
     on = sorted((p["UA"], p["kept"]) for p in front["points"] if p["on_front"])

@@ -178,8 +178,8 @@ def test_lora_targets_registry_entry_names_the_merged_weights():
 
 @pytest.mark.parametrize("folder", ["tiny_sd2_dir", "tiny_sdxl_dir"])
 def test_sd2_and_sdxl_lora_exports_load_in_diffusers(folder, request, tmp_path, write):
-    """SD 2.x (linear projections, v-prediction, the OpenCLIP text encoder) and SDXL (two
-    encoders, added conditioning) name their layers otherwise than SD 1.x; both files load."""
+    """SD 2.x (v-prediction, the OpenCLIP text encoder) and SDXL (two encoders, added
+    conditioning, other block layouts): both files load into the base and give the run's images."""
     base = request.getfixturevalue(folder)
     retain = write("retain.txt", "a drawing of a house\n")
     run = loop.train(
@@ -198,9 +198,11 @@ def test_sd2_and_sdxl_lora_exports_load_in_diffusers(folder, request, tmp_path, 
         )
     )
     want = _images(DiffusionPipeline.from_pretrained(run), "a drawing of a dog")
+    before = _images(DiffusionPipeline.from_pretrained(base), "a drawing of a dog")
+    assert abs(want - before).max() > 1e-3  # the run changed the images, so a dropped key would show
     for fmt in ("lora", "lora-kohya"):
         out = tmp_path / f"{fmt}.safetensors"
-        main(["export", str(run), "--format", fmt, "--output", str(out)])
+        assert main(["export", str(run), "--format", fmt, "--output", str(out)]) == 0
         pipe = DiffusionPipeline.from_pretrained(base)
         pipe.load_lora_weights(str(out))
         assert abs(_images(pipe, "a drawing of a dog") - want).max() < 1e-4, fmt

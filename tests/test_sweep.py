@@ -50,6 +50,7 @@ def test_a_choice_setting_is_a_grid_knob_and_each_run_gets_its_choice(tmp_path):
         ("weighted:retain_weight=1,x", "'x' is not a float"),
         ("weighted:x_source=bank,banks", "x_source has no choice 'banks'; choose from bank, sample, trajectory"),
         ("weighted:half_frozen=1", "SETTING one of"),  # a switch, fixed for the sweep
+        ("weighted:mixed_precision=no,bf16", "SETTING one of"),  # the processes' own, fixed for the sweep
         ("none,none", "unknown method"),
     ],
 )
@@ -176,6 +177,24 @@ def test_the_front_keeps_the_points_nothing_beats_and_averages_seeds():
     assert front["methods"]["eupmu"]["hypervolume_UA_kept"] == pytest.approx(0.54)
     assert front["methods"]["eupmu"]["hypervolume_UA_FID"] == pytest.approx(0.9 * (1 - 3.0 / 8.0))
     assert front["methods"]["none"]["hypervolume_UA_FID"] == pytest.approx(0.0)
+
+
+def test_each_choice_is_a_front_of_its_own_while_a_numbers_values_share_one():
+    class Config:
+        def __init__(self, output):
+            self.output = output
+
+    points = parse_grid(["eupmu-fast:x_source=bank,trajectory", "weighted:retain_weight=1,3"])
+    planned = [(point, 0, Config(f"/x/{i}")) for i, point in enumerate(points)]
+    values = [(1.0, 0.5), (0.5, 1.0), (1.0, 0.5), (0.5, 1.0)]  # (UA, kept)
+    scored = {
+        str(i): {"erased_model": {"UA": {"value": ua}, "RA": {"value": kept}}} for i, (ua, kept) in enumerate(values)
+    }
+    front = summarise(planned, scored)
+    assert list(front["methods"]) == ["eupmu-fast x_source=bank", "eupmu-fast x_source=trajectory", "weighted"]
+    assert front["methods"]["eupmu-fast x_source=bank"]["hypervolume_UA_kept"] == pytest.approx(0.5)
+    assert front["methods"]["weighted"]["points"] == 2
+    assert front["methods"]["weighted"]["hypervolume_UA_kept"] == pytest.approx(0.75)  # both values, one front
 
 
 @pytest.mark.slow

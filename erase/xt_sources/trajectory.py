@@ -15,8 +15,13 @@ the sampler's timesteps, where the bank noises its x_0 afresh at any t in the ra
 Setup costs what drawing the bank costs; the points live in host memory (x_t in float32, the
 predictions in the dtype the UNet gave them: for SD 1.5 at bf16, 20 steps and 41 prompts × 8
 latents, about 0.8 GB). They are drawn again by every run (the bank's disk cache does not hold
-them); the drawing is seeded per latent, so a resumed run gets the same points. A forget prompt
-with its own anchor prompt still needs the frozen model for the anchor's prediction.
+them); the drawing is seeded per latent, so a resumed run gets the same points on the CPU (on a
+GPU, to within float tolerance, as everything there). SDXL at 1024 px holds about 4× as much per
+point as SD 1.5, and each process of ``accelerate launch`` its own copy. A forget prompt with its
+own anchor prompt still needs the frozen model for the anchor's prediction.
+
+The paths are DDIM's (``--bank-steps`` steps, ``--bank-guidance``), whatever scheduler the model
+ships with; the bank samples with the model's own scheduler.
 """
 
 from __future__ import annotations
@@ -42,7 +47,10 @@ class FrozenTrajectories:
         self.sampler.set_timesteps(config.bank_steps)
         self.stops = stops_in_range(self.sampler, config)
         self.stop_times = self.sampler.timesteps[self.stops].long()
-        self.null = family.encode(pipe, [""])  # the family's own unconditional input, as the loop's ∅
+        # The family's own unconditional input, encoded as the loop encodes its ∅ (outside the
+        # run's autocast, which this source is built under): the recorded ∅ predictions are its targets.
+        with torch.autocast(pipe.device.type, enabled=False):
+            self.null = family.encode(pipe, [""])
         self.shape = (pipe.unet.config.in_channels, *family.latent_size(pipe))
         self.paths = {
             kind: self._record(pipe.unet, conditions[kind], config.bank_size, config.seed, f"{kind} paths", progress)
@@ -84,7 +92,7 @@ class FrozenTrajectories:
                         for name, value in (("x_t", latents), ("text", text), ("null", null)):
                             kept[name].append(value.cpu())
                     if index < last:
-                        # as the pipeline (and so the bank) samples: no guidance at all for g ≤ 1
+                        # guidance as the pipelines (and so the bank) mix it: none at all for g ≤ 1
                         step = text.float() if self.guidance <= 1 else guided(null.float(), text.float(), self.guidance)
                         latents = self.sampler.step(step, t, latents).prev_sample
                 chunks.append({name: torch.stack(values, dim=1) for name, values in kept.items()})
