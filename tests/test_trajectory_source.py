@@ -13,6 +13,7 @@ from diffusers import DDIMScheduler
 
 import erase.xt_sources.trajectory as trajectory
 from erase import loop
+from erase.cli import main
 from erase.config import TrainConfig
 
 FOLDERS = ["tiny_pipeline_dir", "tiny_sd2_dir", "tiny_sdxl_dir"]  # ε, v-prediction, SDXL's added inputs
@@ -132,3 +133,26 @@ def test_trains_with_adversarial_rounds_and_logs_finite_losses(tiny_pipeline_dir
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 3 and all(torch.isfinite(torch.tensor([e["loss_forget"], e["loss_retain"]])).all() for e in log)
     assert json.loads((out / "train_config.json").read_text())["x_source"] == "trajectory"
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_the_memory_estimate_is_what_the_points_hold(precision, tiny_pipeline_dir, retain, tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(trajectory, "check_host_memory", asked.append)
+    run = loop.ErasureRun(config(tiny_pipeline_dir, tmp_path / "run", retain, mixed_precision=precision))
+    run.setup()
+    held = sum(t.numel() * t.element_size() for path in run.x_source.paths.values() for t in path.values())
+    assert asked == [held]
+    assert run.x_source.paths["retain"]["text"].dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+
+
+def test_points_that_would_not_fit_in_host_memory_are_refused_before_sampling(
+    tiny_pipeline_dir, retain, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(trajectory, "available_host_memory", lambda: 10_000)
+    sampled = []
+    monkeypatch.setattr(trajectory.FrozenTrajectories, "_record", lambda *a, **k: sampled.append(1))
+    argv = ["train", "--model", str(tiny_pipeline_dir), "--concept", "a cat", "--retain", str(retain)]
+    argv += ["--x-source", "trajectory", "--output", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 2
+    assert sampled == [] and not (tmp_path / "run").exists()

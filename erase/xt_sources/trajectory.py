@@ -26,6 +26,9 @@ ships with; the bank samples with the model's own scheduler.
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import torch
 from accelerate.utils import find_executable_batch_size
 from diffusers import DDIMScheduler
@@ -33,8 +36,37 @@ from diffusers import DDIMScheduler
 from erase.xt_sources.base import Denoiser, Draw, guided, stops_in_range
 from pipelines.conditioning import Conditioning
 from pipelines.progress import progress as progress_bar
+from prompts import InputError
 
 SAMPLE_BATCH = 32  # latents sampled together (halved when the accelerator runs out of memory)
+HOST_SHARE = 0.8  # the largest share of the host's available memory the points may take
+
+
+def available_host_memory() -> int | None:
+    """Bytes the host can still give (Linux's MemAvailable); None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_host_memory(needed: int) -> None:
+    """Refuse, before minutes of sampling, points that would not fit in host memory (a run of
+    1,000 sampler steps on SD 1.5 would want about 40 GB)."""
+    available = available_host_memory()
+    if available is not None and needed > HOST_SHARE * available:
+        raise InputError(
+            f"--x-source trajectory would hold {_size(needed)} of points in host memory, more than "
+            f"{HOST_SHARE:.0%} of the {_size(available)} available; lower --bank-steps or --bank-size, "
+            "narrow --t-min..--t-max, or use --x-source bank"
+        )
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
 class FrozenTrajectories:
@@ -52,11 +84,20 @@ class FrozenTrajectories:
         with torch.autocast(pipe.device.type, enabled=False):
             self.null = family.encode(pipe, [""])
         self.shape = (pipe.unet.config.in_channels, *family.latent_size(pipe))
+        points = sum(len(texts) for texts in prompts.values()) * config.bank_size * len(self.stops)
+        check_host_memory(points * self._point_bytes(pipe))
         self.paths = {
             kind: self._record(pipe.unet, conditions[kind], config.bank_size, config.seed, f"{kind} paths", progress)
             for kind, texts in prompts.items()
             if texts
         }
+
+    def _point_bytes(self, pipe) -> int:
+        """Host bytes per point: x_t in float32, two predictions in the dtype the UNet returns
+        (the autocast dtype under mixed precision)."""
+        device = pipe.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else pipe.unet.dtype
+        return math.prod(self.shape) * (4 + 2 * dtype.itemsize)
 
     @torch.no_grad()
     def _record(self, unet, conditions: Conditioning, per_prompt: int, seed: int, desc: str, progress: bool) -> dict:
@@ -75,8 +116,8 @@ class FrozenTrajectories:
             return halved
 
         @find_executable_batch_size(starting_batch_size=SAMPLE_BATCH, reduce_batch_size_fn=halve)
-        def sample(batch: int) -> list[dict]:
-            chunks = []
+        def sample(batch: int) -> dict[str, torch.Tensor]:
+            out = {}  # filled in place chunk by chunk: joining chunks at the end held everything twice
             bar = progress_bar(len(jobs), desc, unit="path", enabled=progress)
             for first in range(0, len(jobs), batch):
                 chunk = jobs[first : first + batch]
@@ -95,14 +136,17 @@ class FrozenTrajectories:
                         # guidance as the pipelines (and so the bank) mix it: none at all for g ≤ 1
                         step = text.float() if self.guidance <= 1 else guided(null.float(), text.float(), self.guidance)
                         latents = self.sampler.step(step, t, latents).prev_sample
-                chunks.append({name: torch.stack(values, dim=1) for name, values in kept.items()})
+                for name, values in kept.items():
+                    block = torch.stack(values, dim=1)
+                    if name not in out:
+                        out[name] = torch.empty((len(jobs), *block.shape[1:]), dtype=block.dtype)
+                    out[name][first : first + len(chunk)] = block
                 bar.update(len(chunk))
             bar.close()
-            return chunks
+            return out
 
-        chunks = sample()
         shape = (len(conditions), per_prompt, len(self.stops), *self.shape)
-        return {name: torch.cat([c[name] for c in chunks]).reshape(shape) for name in chunks[0]}
+        return {name: tensor.view(shape) for name, tensor in sample().items()}
 
     def draw(self, kind: str, batch: int, generator: torch.Generator, denoise: Denoiser, weights=None) -> Draw:
         """Points drawn uniformly over the kind's paths and steps (``weights``: each prompt's
