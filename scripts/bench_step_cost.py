@@ -4,6 +4,7 @@ interleaved in one process and reported as ratios to `weighted`.
     python scripts/bench_step_cost.py                      # default model, CPU
     python scripts/bench_step_cost.py --repeats 50 --device cuda
     python scripts/bench_step_cost.py --variants eupmu-fast "eupmu-fast, x_t on frozen paths"
+    python scripts/bench_step_cost.py --forwards           # what each UNet call of a step costs
 
 Every variant is an `ErasureRun` with the same seed, so step k of every variant draws the same
 batch. Each round times one step of every variant in turn (the order rotates each round), so
@@ -86,7 +87,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--variants", nargs="+", default=None, metavar="NAME", help="only these rows (weighted is always timed)"
     )
+    p.add_argument(
+        "--forwards",
+        action="store_true",
+        help="instead: what one UNet call of a step costs (frozen forward, trainable forward, forward + backward)",
+    )
     args = p.parse_args(argv)
+    if args.forwards:
+        return forward_costs(args)
     chosen = variants()
     if args.variants:
         unknown = [v for v in args.variants if v not in chosen]
@@ -171,6 +179,67 @@ def main(argv: list[str] | None = None) -> dict:
     write_json_atomic(out / "step_cost.json", result)
     write_text_atomic(out / "step_cost.md", table + "\n")
     return result
+
+
+def forward_costs(args) -> dict:
+    """The UNet calls a step is made of, each timed on the same drawn forget batch in rotating
+    order over ``--repeats`` rounds (medians): a frozen forward (the originals swapped in, no
+    grad), the trainable UNet's forward without and with grad, and a forward with its backward."""
+    config = TrainConfig(
+        output=str(Path(args.output) / "runs" / "forwards"),
+        model=args.model,
+        forget=args.forget,
+        retain=args.retain,
+        batch_size=args.batch_size,
+        overwrite=True,
+        progress=False,
+    )
+    run = ErasureRun(config)
+    run.setup()
+    draw = run._draw("forget", args.batch_size)
+    sync = torch.cuda.synchronize if run.accelerator.device.type == "cuda" else (lambda: None)
+
+    def trainable_no_grad():
+        with torch.no_grad():
+            run._epsilon(run.unet, draw)
+
+    def forward_backward():
+        run._epsilon(run.unet, draw).square().mean().backward()
+        run.optimizer.zero_grad(set_to_none=True)
+
+    calls = {
+        "frozen forward": lambda: run._frozen_epsilon(draw),
+        "trainable forward, no grad": trainable_no_grad,
+        "trainable forward, grad": lambda: run._epsilon(run.unet, draw),
+        "forward + backward": forward_backward,
+    }
+    times: dict[str, list[float]] = {n: [] for n in calls}
+    names = list(calls)
+    for r in range(args.warmup + args.repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            sync()
+            start = time.perf_counter()
+            calls[name]()
+            sync()
+            if r >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+    ref = statistics.median(times["trainable forward, no grad"])
+    lines = [
+        f"device: {run.accelerator.device}, model: {args.model}, batch {args.batch_size}, "
+        f"{args.repeats} interleaved rounds (medians)",
+        "",
+        "| UNet call | ms | ÷ trainable forward, no grad |",
+        "|---|---|---|",
+    ]
+    rows = []
+    for name in names:
+        median = statistics.median(times[name])
+        rows.append({"call": name, "median_ms": round(1000 * median, 1), "ratio": round(median / ref, 3)})
+        lines.append(f"| {name} | {1000 * median:.1f} | {median / ref:.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    write_text_atomic(Path(args.output) / "forward_cost.md", table + "\n")
+    return {"rows": rows}
 
 
 if __name__ == "__main__":
