@@ -150,9 +150,14 @@ def default_method() -> str:
 
 
 def method_settings(method: str) -> dict:
-    """TrainConfig fields for a --methods entry: a method, or eupmu:<probe> (eupmu:next, eupmu:fresh)."""
+    """TrainConfig fields for a --methods entry: a method, or eupmu:<probe> (eupmu:next, eupmu:fresh).
+    Settings whose default is a method's own (λ's rate, eupmu-fast's smoothing) go back to None,
+    so each method gets its own: the run's config holds the first method's."""
+    from erase.balancers import BALANCERS
+
     name, _, probe = method.partition(":")
-    return {"method": name} | ({"retain_probe": probe} if probe else {})
+    own = {setting: None for balancer in BALANCERS.values() for setting in balancer.defaults}
+    return own | {"method": name} | ({"retain_probe": probe} if probe else {})
 
 
 def step_table(spec: dict) -> list[dict]:

@@ -1,0 +1,55 @@
+"""The benchmark scripts a GPU session runs, in their CPU smoke modes: a script that broke on a
+change elsewhere (a new default the step table's method swap did not carry) would otherwise be
+found on the GPU, in the few minutes a session has one. Their figures mean nothing here; that
+they run, and report a row for everything asked, is what is checked."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+
+
+def run_script(name: str, *argv: str, tmp_path: Path) -> list[dict]:
+    """Run scripts/<name> and return the JSON records it appended to --out."""
+    out = tmp_path / "records.jsonl"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / name), *argv, "--out", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [json.loads(line) for line in out.read_text().splitlines()] if out.is_file() else []
+
+
+@pytest.mark.slow
+def test_the_step_table_times_every_method_asked(tmp_path):
+    methods = ["weighted", "eupmu-fast", "eupmu:next", "explicit"]  # the reference first
+    argv = ["--smoke", "--parameters", "xattn", "--batch", "1", "--steps", "2", "--methods", *methods]
+    records = run_script("bench_scale.py", *argv, tmp_path=tmp_path)
+    assert [r["method"] for r in records] == methods
+    assert all(math.isfinite(r["median_step_s"]) and r["median_step_s"] > 0 for r in records)
+
+
+@pytest.mark.slow
+def test_the_end_to_end_erase_runs_with_trajectory(tmp_path):
+    argv = ["--smoke", "--e2e", "--parameters", "xattn", "--set", "x_source=trajectory"]
+    (record,) = run_script("bench_scale.py", *argv, tmp_path=tmp_path)
+    assert record["set"] == ["x_source=trajectory"] and record["total_s"] > 0
+
+
+@pytest.mark.slow
+def test_the_step_cost_script_times_its_variants_and_the_unet_calls(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import bench_step_cost
+
+    quick = ["--repeats", "1", "--warmup", "1", "--batch-size", "2", "--output", str(tmp_path)]
+    result = bench_step_cost.main([*quick, "--variants", "eupmu-fast, x_t on frozen paths"])
+    assert [r["variant"] for r in result["rows"]] == ["weighted", "eupmu-fast, x_t on frozen paths"]
+    calls = bench_step_cost.main([*quick, "--forwards"])
+    assert [r["call"] for r in calls["rows"]][0] == "frozen forward" and len(calls["rows"]) == 4
