@@ -11,7 +11,7 @@ clean memory figures):
     `load_pipeline` with no --model-config, with every socket call refused (no network), and
     the UNet comes back bit-exact.
 Random weights make the images noise, which does not change time or memory. Needs a CUDA GPU;
-nothing here runs in the test suite.
+the suite runs only ``--smoke`` (tiny models on the CPU: that the script runs, not its figures).
 
     python scripts/bench_families_gpu.py --families sd15 sd21 sdxl --out results.jsonl
 """

@@ -53,3 +53,13 @@ def test_the_step_cost_script_times_its_variants_and_the_unet_calls(tmp_path, mo
     assert [r["variant"] for r in result["rows"]] == ["weighted", "eupmu-fast, x_t on frozen paths"]
     calls = bench_step_cost.main([*quick, "--forwards"])
     assert [r["call"] for r in calls["rows"]][0] == "frozen forward" and len(calls["rows"]) == 4
+
+
+@pytest.mark.slow
+def test_the_families_script_generates_trains_and_round_trips_a_single_file(tmp_path):
+    record = run_script("bench_families_gpu.py", "--smoke", "--families", "sd21", tmp_path=tmp_path)[
+        -1
+    ]  # after each part
+    assert record["family"] == "sd21" and record["generate"]["s_per_image"] > 0
+    assert {r["method"] for r in record["train"]} >= {"none", "eupmu", "explicit"}
+    assert record["single_file"]["unet_bit_exact"] and record["single_file"]["network_attempts"] == 0
