@@ -156,3 +156,30 @@ def test_points_that_would_not_fit_in_host_memory_are_refused_before_sampling(
     argv += ["--x-source", "trajectory", "--output", str(tmp_path / "run"), "--no-progress"]
     assert main(argv) == 2
     assert sampled == [] and not (tmp_path / "run").exists()
+
+
+def test_paths_are_sampled_again_at_half_the_batch_when_memory_runs_out(
+    tiny_pipeline_dir, retain, tmp_path, monkeypatch
+):
+    """As the bank does (tests/test_out_of_memory.py): a UNet that runs out of memory above four
+    rows (two paths with their ∅ halves) gets them two at a time, and the points are the same."""
+    monkeypatch.setattr(trajectory, "SAMPLE_BATCH", 8)
+    whole = loop.ErasureRun(config(tiny_pipeline_dir, tmp_path / "whole", retain))
+    whole.setup()
+    pipe = whole.pipe.__class__.from_pretrained(tiny_pipeline_dir)
+    real, rows, refused = pipe.unet.forward, [], []
+
+    def fits_two_paths(sample, *args, **kwargs):
+        if len(sample) > 4:
+            refused.append(len(sample))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 MiB.")
+        rows.append(len(sample))
+        return real(sample, *args, **kwargs)
+
+    monkeypatch.setattr(pipe.unet, "forward", fits_two_paths)
+    cut = loop.ErasureRun(config(tiny_pipeline_dir, tmp_path / "cut", retain), pipe)
+    cut.setup()
+    assert refused == [8, 8] and set(rows) == {4}  # retain's 4 paths at 8, then 4 (8 rows each), then 2
+    for kind in ("forget", "retain"):
+        for name in ("x_t", "text", "null"):
+            torch.testing.assert_close(cut.x_source.paths[kind][name], whole.x_source.paths[kind][name])

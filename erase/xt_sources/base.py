@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from diffusers import DDIMScheduler
 
 from pipelines.conditioning import Conditioning
 from prompts import InputError
@@ -41,9 +42,12 @@ class Draw:
         return Draw(*(pick(tensor) for tensor in parts))
 
 
-def stops_in_range(sampler, config) -> list[int]:
-    """The indices of ``sampler``'s timesteps that lie in [t_min, t_max]: where a source that
+def ddim_in_range(pipe, config) -> tuple[DDIMScheduler, list[int]]:
+    """DDIM over ``--bank-steps`` from the pipeline's scheduler config (whatever scheduler the
+    model ships with), and the indices of its timesteps in [t_min, t_max]: where a source that
     samples may stop (refused when there are none)."""
+    sampler = DDIMScheduler.from_config(pipe.scheduler.config)
+    sampler.set_timesteps(config.bank_steps)
     times = sampler.timesteps.tolist()
     stops = [k for k, t in enumerate(times) if config.t_min <= t <= config.t_max]
     if not stops:
@@ -51,7 +55,7 @@ def stops_in_range(sampler, config) -> list[int]:
             f"no sampler timestep of --bank-steps {config.bank_steps} lies in --t-min..--t-max "
             f"({config.t_min}..{config.t_max}); widen the range or use more steps"
         )
-    return stops
+    return sampler, stops
 
 
 def guided(uncond: torch.Tensor, text: torch.Tensor, guidance: float) -> torch.Tensor:

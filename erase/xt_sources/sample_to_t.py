@@ -5,9 +5,8 @@ step) but x_t always comes from the current model."""
 from __future__ import annotations
 
 import torch
-from diffusers import DDIMScheduler
 
-from erase.xt_sources.base import Denoiser, Draw, guided, stops_in_range
+from erase.xt_sources.base import Denoiser, Draw, ddim_in_range, guided
 from pipelines.conditioning import Conditioning
 
 
@@ -17,12 +16,10 @@ class SampleToT:
     ):
         self.conditions = conditions
         self.guidance = config.bank_guidance
-        self.sampler = DDIMScheduler.from_config(pipe.scheduler.config)
-        self.sampler.set_timesteps(config.bank_steps)
+        self.sampler, self.stops = ddim_in_range(pipe, config)
         self.null = family.encode(pipe, [""])  # the family's own unconditional input
         self.channels = pipe.unet.config.in_channels
         self.latent_size = family.latent_size(pipe)
-        self.stops = stops_in_range(self.sampler, config)
 
     @torch.no_grad()
     def draw(self, kind: str, batch: int, generator: torch.Generator, denoise: Denoiser, weights=None) -> Draw:

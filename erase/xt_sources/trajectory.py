@@ -30,11 +30,10 @@ import math
 from pathlib import Path
 
 import torch
-from accelerate.utils import find_executable_batch_size
-from diffusers import DDIMScheduler
 
-from erase.xt_sources.base import Denoiser, Draw, guided, stops_in_range
+from erase.xt_sources.base import Denoiser, Draw, ddim_in_range, guided
 from pipelines.conditioning import Conditioning
+from pipelines.latents import halving_on_out_of_memory
 from pipelines.progress import progress as progress_bar
 from prompts import InputError
 
@@ -75,9 +74,7 @@ class FrozenTrajectories:
     ):
         self.conditions = conditions
         self.guidance = config.bank_guidance
-        self.sampler = DDIMScheduler.from_config(pipe.scheduler.config)
-        self.sampler.set_timesteps(config.bank_steps)
-        self.stops = stops_in_range(self.sampler, config)
+        self.sampler, self.stops = ddim_in_range(pipe, config)
         self.stop_times = self.sampler.timesteps[self.stops].long()
         # The family's own unconditional input, encoded as the loop encodes its ∅ (outside the
         # run's autocast, which this source is built under): the recorded ∅ predictions are its targets.
@@ -108,14 +105,8 @@ class FrozenTrajectories:
         device = conditions.device
         last = self.stops[-1]
         keep = set(self.stops)
-        halved = SAMPLE_BATCH
 
-        def halve() -> int:
-            nonlocal halved
-            halved //= 2
-            return halved
-
-        @find_executable_batch_size(starting_batch_size=SAMPLE_BATCH, reduce_batch_size_fn=halve)
+        @halving_on_out_of_memory(SAMPLE_BATCH)
         def sample(batch: int) -> dict[str, torch.Tensor]:
             out = {}  # filled in place chunk by chunk: joining chunks at the end held everything twice
             bar = progress_bar(len(jobs), desc, unit="path", enabled=progress)
