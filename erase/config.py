@@ -160,7 +160,8 @@ class TrainConfig:
         metadata={
             "help": "where x_t comes from: `bank` noises latents the frozen model drew once (fast); `trajectory` "
             "takes x_t from the frozen model's own sampling paths, drawn once with its predictions there, so a "
-            "step runs no frozen forward (fastest; x_t from a finite set at the sampler's timesteps); `sample` "
+            "step runs no frozen forward (fastest; x_t from a finite set at the sampler's timesteps, which erased a "
+            "little less on the default model: README, Benchmarks); `sample` "
             "samples with the model being trained down to t at every step (ESD's slow path)"
         },
     )
