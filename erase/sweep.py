@@ -315,12 +315,16 @@ def check_evaluable(evaluation: EvalConfig, runs: list[ErasureRun], folder: Owne
 def summarise(planned: list[tuple[GridPoint, int, TrainConfig]], scored: dict) -> dict:
     """Per run and per grid point (mean over seeds): UA, kept accuracy, FID; the front and
     each method's hypervolumes."""
+    from eval.report import headline_ua_key
+
     runs, by_point = [], {}
     for point, seed, config in planned:
         metrics = scored[Path(config.output).name]["erased_model"]
         kept_key = "RA" if "RA" in metrics else "IRA"
+        ua_key = headline_ua_key(metrics)  # UA_class for one concept with two labels (plain threes)
         row = {"point": point.label, "method": point.method, "seed": seed, "run": config.output}
-        row |= {"UA": metrics["UA"]["value"], "kept": metrics.get(kept_key, {}).get("value"), "kept_metric": kept_key}
+        row |= {"UA": metrics[ua_key]["value"], "UA_metric": ua_key}
+        row |= {"kept": metrics.get(kept_key, {}).get("value"), "kept_metric": kept_key}
         row["FID"] = metrics.get("FID_vs_base", {}).get("value")
         runs.append(row)
         by_point.setdefault(point, []).append(row)
@@ -381,8 +385,10 @@ def front_table(front: dict) -> str:
             f"| {p['point']} | {p['seeds']} | {pct(p['UA'], p['UA_std'])} | {pct(p['kept'], p['kept_std'])} | "
             f"{fid} | {'yes' if p['on_front'] else ''} |"
         )
-    kept = front["runs"][0]["kept_metric"] if front["runs"] else "kept"
-    lines += ["", f"kept = {kept}. Hypervolume: the share of [0, 1]² a method's points dominate.", ""]
+    first = front["runs"][0] if front["runs"] else {}
+    ua = f"UA = {first['UA_metric']}, " if first.get("UA_metric", "UA") != "UA" else ""
+    kept = first.get("kept_metric", "kept")
+    lines += ["", f"{ua}kept = {kept}. Hypervolume: the share of [0, 1]² a method's points dominate.", ""]
     lines += ["| method | points | hypervolume UA × kept | hypervolume UA × (1 − FID/FID_max) |", "|---|---|---|---|"]
     for method, m in front["methods"].items():
         hv_fid = "–" if m["hypervolume_UA_FID"] is None else f"{m['hypervolume_UA_FID']:.3f}"

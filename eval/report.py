@@ -29,8 +29,10 @@ def _fmt(entry: dict | None) -> str:
     return f"{entry['value']:.1%}" if entry.get("percent") else f"{entry['value']:.3g}"
 
 
-def _ua_key(scores: dict) -> str | None:
-    return next((k for k in scores if k.startswith("UA")), None)
+def headline_ua_key(scores: dict) -> str | None:
+    """The UA a report or a front puts against utility: UA, or for one concept with two labels
+    (red threes) the first of UA_class and UA_style, which is all such a run reports."""
+    return "UA" if "UA" in scores else next((k for k in scores if k.startswith("UA")), None)
 
 
 def write_report(result: dict, models, runs, output: Path) -> Path:
@@ -180,7 +182,7 @@ def _scatter(result: dict, target: Path) -> Path | None:
     points = []
     for name, run in result["runs"].items():
         scores = run["erased_model"]
-        ua = _ua_key(scores)
+        ua = headline_ua_key(scores)
         utility = next((k for k in UTILITY_KEYS if k in scores), None)
         if ua and utility and scores[ua]["value"] is not None and scores[utility]["value"] is not None:
             points.append((name, scores[ua]["value"], scores[utility]["value"], utility))

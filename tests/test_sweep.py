@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 from erase.cli import main
-from erase.sweep import GridPoint, SweepConfig, hypervolume, parse_grid, plan_runs, summarise, unread_by_every_run
+from erase.sweep import (
+    GridPoint,
+    SweepConfig,
+    front_table,
+    hypervolume,
+    parse_grid,
+    plan_runs,
+    summarise,
+    unread_by_every_run,
+)
 from prompts import InputError
 
 
@@ -177,6 +186,20 @@ def test_the_front_keeps_the_points_nothing_beats_and_averages_seeds():
     assert front["methods"]["eupmu"]["hypervolume_UA_kept"] == pytest.approx(0.54)
     assert front["methods"]["eupmu"]["hypervolume_UA_FID"] == pytest.approx(0.9 * (1 - 3.0 / 8.0))
     assert front["methods"]["none"]["hypervolume_UA_FID"] == pytest.approx(0.0)
+
+
+def test_a_concept_with_two_labels_is_fronted_on_the_ua_its_report_headlines():
+    """Plain threes report UA_class and UA_style, no UA: the sweep once trained and scored every
+    point, then stopped on a KeyError before writing its front."""
+
+    class Config:
+        output = "/x/run"
+
+    scores = {"UA_class": {"value": 0.75}, "UA_style": {"value": 0.25}, "RA": {"value": 0.9}, "IRA": {"value": 0.5}}
+    front = summarise([(GridPoint("weighted", None, None), 0, Config())], {"run": {"erased_model": scores}})
+    (row,) = front["runs"]
+    assert (row["UA"], row["UA_metric"], row["kept"], row["kept_metric"]) == (0.75, "UA_class", 0.9, "RA")
+    assert "UA = UA_class, kept = RA." in front_table(front)
 
 
 def test_each_choice_is_a_front_of_its_own_while_a_numbers_values_share_one():
