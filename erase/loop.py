@@ -374,13 +374,17 @@ class ErasureRun:
         cond = draw.cond if cond is None else cond
         with self.accelerator.autocast():
             output = model(draw.x_t, draw.t, **cond.unet_kwargs()).sample
+        return self._in_epsilon(output, draw)
+
+    def _in_epsilon(self, output: torch.Tensor, draw: Draw) -> torch.Tensor:
+        """A raw UNet output at the draw's (x_t, t), run now or recorded by the source, in ε units."""
         return self.space(output.float(), draw.x_t.float(), draw.t)
 
     def _frozen_epsilon(self, draw: Draw, cond=None) -> torch.Tensor:
         """The frozen model's prediction on ``draw`` under its own conditioning or ``cond``: the
         one the source recorded with the draw when it has it (``--x-source trajectory``)."""
         if cond is None and draw.frozen is not None:
-            return self.space(draw.frozen.float(), draw.x_t.float(), draw.t)
+            return self._in_epsilon(draw.frozen, draw)
         with torch.no_grad():
             return self._epsilon(self.frozen, draw, cond)
 
@@ -388,7 +392,7 @@ class ErasureRun:
         """The frozen model's prediction under each row's anchor prompt: the recorded ∅ one when
         every anchor is ∅ and the source has it."""
         if draw.frozen_null is not None and not any(self.anchor_prompts):
-            return self.space(draw.frozen_null.float(), draw.x_t.float(), draw.t)
+            return self._in_epsilon(draw.frozen_null, draw)
         return self._frozen_epsilon(draw, self.anchors[draw.rows])
 
     def _retain_loss(self, batch, part: torch.Tensor | None = None) -> torch.Tensor:

@@ -315,12 +315,12 @@ def check_evaluable(evaluation: EvalConfig, runs: list[ErasureRun], folder: Owne
 def summarise(planned: list[tuple[GridPoint, int, TrainConfig]], scored: dict) -> dict:
     """Per run and per grid point (mean over seeds): UA, kept accuracy, FID; the front and
     each method's hypervolumes."""
-    from eval.report import headline_ua_key
+    from eval.report import headline_ua_key, headline_utility_key
 
     runs, by_point = [], {}
-    for point, seed, config in planned:
+    for point, seed, config in planned:  # the UA and kept accuracy the report's scatter shows
         metrics = scored[Path(config.output).name]["erased_model"]
-        kept_key = "RA" if "RA" in metrics else "IRA"
+        kept_key = headline_utility_key(metrics) or "IRA"
         ua_key = headline_ua_key(metrics)  # UA_class for one concept with two labels (plain threes)
         row = {"point": point.label, "method": point.method, "seed": seed, "run": config.output}
         row |= {"UA": metrics[ua_key]["value"], "UA_metric": ua_key}

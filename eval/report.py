@@ -35,6 +35,11 @@ def headline_ua_key(scores: dict) -> str | None:
     return "UA" if "UA" in scores else next((k for k in scores if k.startswith("UA")), None)
 
 
+def headline_utility_key(scores: dict) -> str | None:
+    """The retained accuracy put against UA: RA where classes are kept, else IRA."""
+    return next((k for k in UTILITY_KEYS if k in scores), None)
+
+
 def write_report(result: dict, models, runs, output: Path) -> Path:
     """metrics.json, the figures, then report.md and report.html from the same blocks; returns
     report.html, the one to open."""
@@ -183,7 +188,7 @@ def _scatter(result: dict, target: Path) -> Path | None:
     for name, run in result["runs"].items():
         scores = run["erased_model"]
         ua = headline_ua_key(scores)
-        utility = next((k for k in UTILITY_KEYS if k in scores), None)
+        utility = headline_utility_key(scores)
         if ua and utility and scores[ua]["value"] is not None and scores[utility]["value"] is not None:
             points.append((name, scores[ua]["value"], scores[utility]["value"], utility))
     if not points:

@@ -59,5 +59,6 @@ def ddim_in_range(pipe, config) -> tuple[DDIMScheduler, list[int]]:
 
 
 def guided(uncond: torch.Tensor, text: torch.Tensor, guidance: float) -> torch.Tensor:
-    """Classifier-free guidance, as diffusers' pipelines mix it: ∅ + g·(prompt − ∅)."""
-    return uncond + guidance * (text - uncond)
+    """Classifier-free guidance, as diffusers' pipelines mix it: ∅ + g·(prompt − ∅), and the
+    prompt's prediction alone for g ≤ 1 (they do not guide at all then, and so the bank)."""
+    return text if guidance <= 1 else uncond + guidance * (text - uncond)

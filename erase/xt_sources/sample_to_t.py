@@ -39,7 +39,7 @@ class SampleToT:
         cond = conditions[rows]
         both = Conditioning.cat([self.null.expand(batch), cond])
         for t in timesteps[:stop]:
-            if self.guidance <= 1:  # as the pipeline (and so the bank) samples: no guidance at all
+            if self.guidance <= 1:  # unguided (see `guided`): the ∅ half would not be used, so it is not run
                 prediction = denoise(latents, t, cond).float()
             else:
                 uncond, text = denoise(torch.cat([latents] * 2), t, both).float().chunk(2)

@@ -124,8 +124,7 @@ class FrozenTrajectories:
                         for name, value in (("x_t", latents), ("text", text), ("null", null)):
                             kept[name].append(value.cpu())
                     if index < last:
-                        # guidance as the pipelines (and so the bank) mix it: none at all for g ≤ 1
-                        step = text.float() if self.guidance <= 1 else guided(null.float(), text.float(), self.guidance)
+                        step = guided(null.float(), text.float(), self.guidance)
                         latents = self.sampler.step(step, t, latents).prev_sample
                 for name, values in kept.items():
                     block = torch.stack(values, dim=1)
