@@ -7,7 +7,8 @@ are timed interleaved on the same weights and reported as ratios to `weighted`. 
 from torch's allocator counters: the pipeline as loaded, what the run adds after setup and a
 warm-up step per method (frozen originals, latent bank, gradients, Adam state), and each method's
 peak during its steps (what a run of that method alone peaks at). On a CPU the process's peak
-resident set is reported instead, for the whole group.
+resident set is reported instead, for the whole group. Each method's UNet FLOPs a step (its calls
+priced by scripts/count_flops.py) over its step time give the rate it achieved.
 
     python scripts/bench_scale.py --families sd15 --parameters xattn full lora --batch 1 4
     python scripts/bench_scale.py --families sd15 --frozen copy --half-frozen on   # memory levers
@@ -15,7 +16,9 @@ resident set is reported instead, for the whole group.
 End to end (`--e2e`): `erase train` of one concept at the family's native size with the run's
 defaults (latent bank of 8 latents per prompt, 20 sampler steps; 200 steps; bf16 on CUDA; the
 retain list prompts/lists/sd/retain-general.txt), saved to a temporary folder: wall time of setup
-(prompt encoding and the bank) and of training (steps, checkpoints, save), and peak memory.
+(prompt encoding and the bank) and of training (steps, checkpoints, save), peak memory, and the
+UNet FLOPs of each (scripts/count_flops.py prices the calls the run made) over its time: the rate
+the run achieved.
 
     python scripts/bench_scale.py --e2e --families sd15 sdxl --parameters xattn lora
 
@@ -162,6 +165,8 @@ def method_settings(method: str) -> dict:
 
 def step_table(spec: dict) -> list[dict]:
     """One group: every method's steps on one run, interleaved (the order rotates each round)."""
+    from count_flops import recorded_calls
+
     from erase.loop import balancer_for
 
     pipe, device = _pipeline(spec)
@@ -176,22 +181,26 @@ def step_table(spec: dict) -> list[dict]:
         ahead = {m: None for m in methods}  # --retain-probe next: each method's own batch drawn ahead
         times = {m: [] for m in methods}
         peaks = {m: 0.0 for m in methods}
+        calls = {m: [] for m in methods}  # the UNet calls of the timed steps, priced below
         for round_ in range(spec["steps"] + 1):  # round 0 warms up (kernels, Adam state)
             order = methods[round_ % len(methods) :] + methods[: round_ % len(methods)]
             for method in order:
                 run.balancer, run.step, run.lookahead = balancers[method], round_, ahead[method]
                 reset_peak(device)
                 begin = time.perf_counter()
-                run.train_step()
+                with recorded_calls(pipe.unet) as step_calls:
+                    run.train_step()
                 sync(device)
                 ahead[method] = run.lookahead
                 if round_:
                     times[method].append(time.perf_counter() - begin)
                     peaks[method] = max(peaks[method], peak_gib(device))
+                    calls[method] += step_calls
             if round_ == 0:
                 adds = allocated_gib(device) - loaded
     reference = statistics.median(times[methods[0]])
     common = {k: spec[k] for k in ("family", "parameters", "batch", "frozen", "checkpointing", "half_frozen")}
+    rates = {m: achieved(pipe, config, {"step": (calls[m], sum(times[m]))}) for m in methods}
     return [
         common
         | {
@@ -203,6 +212,8 @@ def step_table(spec: dict) -> list[dict]:
             "peak_gib": round(peaks[method], 3),
             "median_step_s": round(statistics.median(times[method]), 4),
             f"vs_{methods[0]}": round(statistics.median(times[method]) / reference, 3),
+            "step_tflop": rates[method]["step_pflop"] * 1e3 / len(times[method]),
+            "tflop_per_s": rates[method]["step_tflop_per_s"],
         }
         for method in methods
     ]
@@ -260,6 +271,8 @@ def profile_step(spec: dict) -> list[dict]:
 def end_to_end(spec: dict) -> list[dict]:
     """`erase train` of one concept with the run's defaults: setup (encoding, bank), then the
     steps, checkpoints and save; wall time of each, peak memory over each."""
+    from count_flops import recorded_calls
+
     from erase.loop import LOG_NAME, ErasureRun
 
     pipe, device = _pipeline(spec)
@@ -273,12 +286,14 @@ def end_to_end(spec: dict) -> list[dict]:
         begin = time.perf_counter()
         run = ErasureRun(config, pipe)
         run.check_inputs()
-        run.setup()
+        with recorded_calls(pipe.unet) as setup_calls:
+            run.setup()
         sync(device)
         setup_s, setup_peak = time.perf_counter() - begin, peak_gib(device)
         reset_peak(device)
         begin = time.perf_counter()
-        run.train()
+        with recorded_calls(pipe.unet) as train_calls:
+            run.train()
         sync(device)
         train_s, train_peak = time.perf_counter() - begin, peak_gib(device)
         seconds = [json.loads(line)["seconds"] for line in (Path(tmp) / "run" / LOG_NAME).read_text().splitlines()]
@@ -298,7 +313,27 @@ def end_to_end(spec: dict) -> list[dict]:
             "setup_peak_gib": round(setup_peak, 3),
             "train_peak_gib": round(train_peak, 3),
         }
+        | achieved(pipe, config, {"setup": (setup_calls, setup_s), "train": (train_calls, train_s)})
     ]
+
+
+def achieved(pipe, config, parts: dict[str, tuple[list, float]]) -> dict:
+    """Each part's UNet FLOPs (its recorded calls priced by scripts/count_flops.py on this UNet's
+    config) and the rate its measured time gives: how much of the accelerator the run used."""
+    from dataclasses import asdict
+
+    from count_flops import call_flops, compose
+
+    size = pipe.unet.config.sample_size
+    latent = (size, size) if isinstance(size, int) else tuple(size)
+    tokens = pipe.text_encoder.config.max_position_embeddings
+    cost = call_flops(dict(pipe.unet.config), config.parameters, asdict(config), latent, tokens)
+    record = {}
+    for name, (calls, seconds) in parts.items():
+        flops = compose(calls, cost)
+        record[f"{name}_pflop"] = flops / 1e15
+        record[f"{name}_tflop_per_s"] = flops / 1e12 / seconds
+    return record
 
 
 def frozen_bytes(families: list[str], parameter_sets: list[str]) -> None:
@@ -445,27 +480,30 @@ def print_profile(records: list[dict]) -> None:
 def print_steps(records: list[dict]) -> None:
     ref = next((k for k in records[0] if k.startswith("vs_")), "vs_") if records else "vs_"
     print(
-        f"\n| family | parameters | batch | levers | method | step s | {ref} | pipeline GiB | run adds GiB | peak GiB |"
+        f"\n| family | parameters | batch | levers | method | step s | {ref} | pipeline GiB | run adds GiB | peak GiB "
+        "| TFLOP a step | TFLOP/s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
         print(
             f"| {r['family']} | {r['parameters']} | {r['batch']} | {_levers(r)} | {r['method']} "
             f"| {r['median_step_s']:.3f} | {r[ref]:.2f}× | {r['pipeline_gib']:.1f} | {r['run_adds_gib']:.2f} "
-            f"| {r['peak_gib']:.1f} |"
+            f"| {r['peak_gib']:.1f} | {r['step_tflop']:.3g} | {r['tflop_per_s']:.3g} |"
         )
 
 
 def print_e2e(records: list[dict]) -> None:
     print(
         "\n| family | parameters | method | levers | batch | setup s | train s | total s "
-        "| setup peak GiB | train peak GiB |"
+        "| setup peak GiB | train peak GiB | PFLOP setup / train | TFLOP/s setup / train |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in records:
         print(
             f"| {r['family']} | {r['parameters']} | {r['method']} | {_levers(r)} | {r['batch']} | {r['setup_s']} "
-            f"| {r['train_s']} | {r['total_s']} | {r['setup_peak_gib']:.1f} | {r['train_peak_gib']:.1f} |"
+            f"| {r['train_s']} | {r['total_s']} | {r['setup_peak_gib']:.1f} | {r['train_peak_gib']:.1f} "
+            f"| {r['setup_pflop']:.3g} / {r['train_pflop']:.3g} "
+            f"| {r['setup_tflop_per_s']:.3g} / {r['train_tflop_per_s']:.3g} |"
         )
 
 

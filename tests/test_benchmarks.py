@@ -34,6 +34,8 @@ def test_the_step_table_times_every_method_asked(tmp_path):
     records = run_script("bench_scale.py", *argv, tmp_path=tmp_path)
     assert [r["method"] for r in records] == methods
     assert all(math.isfinite(r["median_step_s"]) and r["median_step_s"] > 0 for r in records)
+    step = {r["method"]: r["step_tflop"] for r in records}  # eupmu's own extra retain forward
+    assert step["eupmu:next"] > step["weighted"] > 0 and step["eupmu-fast"] == pytest.approx(step["weighted"])
 
 
 @pytest.mark.slow
@@ -41,6 +43,7 @@ def test_the_end_to_end_erase_runs_with_trajectory(tmp_path):
     argv = ["--smoke", "--e2e", "--parameters", "xattn", "--set", "x_source=trajectory"]
     (record,) = run_script("bench_scale.py", *argv, tmp_path=tmp_path)
     assert record["set"] == ["x_source=trajectory"] and record["total_s"] > 0
+    assert record["setup_pflop"] > 0 and record["train_pflop"] > 0 and record["train_tflop_per_s"] > 0
 
 
 @pytest.mark.slow
