@@ -20,6 +20,7 @@ that run with them switched off (an upper bound by the adapters' share, printed)
 
     python scripts/count_flops.py --families sd15 sdxl --parameters xattn
     python scripts/count_flops.py --families sd15 --set x_source=trajectory bank_steps=10 --batch 8
+    python scripts/count_flops.py --families sd15 --cached-retain    # a second concept on the same model
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 PETA = 1e15
+OTHER_CONCEPT = "a photo of a lighthouse"  # --cached-retain: the run that draws the retain bank first
 
 
 @contextmanager
@@ -113,14 +115,15 @@ def compose(calls: list[tuple[int, bool]], cost: dict) -> int:
     return sum(rows * cost["graph" if graph else "forward"] for rows, graph in calls)
 
 
-def build_run(spec: dict, folder: Path):
-    """`erase train` with ``spec``'s settings on the family's tiny model, checked, not yet set up."""
+def build_run(spec: dict, folder: Path, pipe=None):
+    """`erase train` with ``spec``'s settings on the family's tiny model (or ``pipe``), checked,
+    not yet set up."""
     from bench_families_gpu import BY_CONFIG, tiny_pipeline
     from bench_scale import _config, _typed, method_settings
 
     from erase.loop import ErasureRun
 
-    pipe = tiny_pipeline(BY_CONFIG[spec["family"]], "cpu", torch.float32)
+    pipe = pipe or tiny_pipeline(BY_CONFIG[spec["family"]], "cpu", torch.float32)
     overrides = ({"batch_size": spec["batch"]} if spec.get("batch") else {}) | _typed(spec.get("set", []))
     settings = method_settings(spec["method"]) | overrides
     run = ErasureRun(_config({**spec, "smoke": True}, "cpu", folder / "run", **settings), pipe)
@@ -130,10 +133,17 @@ def build_run(spec: dict, folder: Path):
 
 def record_run(spec: dict) -> dict:
     """Run `erase train` with ``spec``'s settings on the family's tiny model and record its UNet
-    calls: setup (the bank, paths) and training (steps, adversarial rounds) apart."""
+    calls: setup (the bank, paths) and training (steps, adversarial rounds) apart.
+
+    The latent bank is cached on disk per prompt list, so the retain list's bank is drawn once
+    per model and settings: with ``spec["cached_retain"]`` a run for another concept sets up
+    first, and the counted run draws only its concept's bank, as every erase after the first does."""
     with tempfile.TemporaryDirectory() as tmp, patch.dict(os.environ, ERASE_CACHE_DIR=tmp):
         # a fresh cache: a bank drawn by an earlier run would cost nothing
         run = build_run(spec, Path(tmp))
+        if spec.get("cached_retain"):
+            other = {**spec, "set": [*spec.get("set", []), f"concept={OTHER_CONCEPT}"]}
+            build_run(other, Path(tmp) / "other", pipe=run.pipe).setup()
         with recorded_calls(run.pipe.unet) as setup:
             run.setup()
         with recorded_calls(run.pipe.unet) as training:
@@ -169,6 +179,7 @@ def count(spec: dict) -> dict:
         "parameters": config.parameters,
         "method": config.method,
         "set": spec.get("set", []),
+        "cached_retain": bool(spec.get("cached_retain")),
         "steps": config.steps,
         "batch": config.batch_size,
         "bank_latents": config.bank_size * recorded["prompts"],
@@ -196,6 +207,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--method", default=None, help="the run's method (default: erase train's)")
     parser.add_argument("--batch", type=int, default=None, help="--batch-size (default: the run's own)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="erase train settings")
+    parser.add_argument(
+        "--cached-retain",
+        action="store_true",
+        help="the retain list's latent bank comes from the disk cache, as in every erase after the first on a model",
+    )
     parser.add_argument("--out", default=None, help="also append the JSON records to this file")
     args = parser.parse_args(argv)
     records = []
@@ -207,6 +223,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 method=args.method or default_method(),
                 batch=args.batch,
                 set=args.set,
+                cached_retain=args.cached_retain,
             )
             record = count(spec)
             records.append(record)
@@ -217,7 +234,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("\n| family | parameters | method | settings | bank latents | setup PFLOP | training PFLOP | total PFLOP |")
     print("|---|---|---|---|---|---|---|---|")
     for r in records:
-        settings = " ".join([f"batch_size={r['batch']}", *r["set"]])
+        settings = " ".join(
+            [f"batch_size={r['batch']}", *r["set"], *(["retain bank cached"] if r["cached_retain"] else [])]
+        )
         print(
             f"| {r['family']} | {r['parameters']} | {r['method']} | {settings} | {r['bank_latents']} "
             f"| {r['setup_pflop']:.2f} | {r['train_pflop']:.2f} | {r['total_pflop']:.2f} |"
