@@ -16,7 +16,9 @@ The run's FLOPs are the sum over its calls. tests/test_count_flops.py checks the
 FlopCounterMode over a whole real run of the tiny model. The text encoders are left out (they
 run once per prompt), and so are the optimiser and the losses, which make no matrix products.
 With `--parameters lora`, every call is costed with the adapters' branches, also the frozen ones
-that run with them switched off (an upper bound by the adapters' share, printed).
+that run with them switched off (an upper bound by the adapters' share, printed). Adversarial
+rounds (`--adversarial-every`) backpropagate to the prompt's embedding, not to the trained
+tensors; they are priced as the run's own backward, which the test does not cover.
 
     python scripts/count_flops.py --families sd15 sdxl --parameters xattn
     python scripts/count_flops.py --families sd15 --set x_source=trajectory bank_steps=10 --batch 8
