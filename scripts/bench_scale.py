@@ -200,7 +200,8 @@ def step_table(spec: dict) -> list[dict]:
                 adds = allocated_gib(device) - loaded
     reference = statistics.median(times[methods[0]])
     common = {k: spec[k] for k in ("family", "parameters", "batch", "frozen", "checkpointing", "half_frozen")}
-    rates = {m: achieved(pipe, config, {"step": (calls[m], sum(times[m]))}) for m in methods}
+    cost = unet_call_cost(pipe, config)
+    rates = {m: achieved(cost, {"step": (calls[m], sum(times[m]))}) for m in methods}
     return [
         common
         | {
@@ -313,21 +314,27 @@ def end_to_end(spec: dict) -> list[dict]:
             "setup_peak_gib": round(setup_peak, 3),
             "train_peak_gib": round(train_peak, 3),
         }
-        | achieved(pipe, config, {"setup": (setup_calls, setup_s), "train": (train_calls, train_s)})
+        | achieved(unet_call_cost(pipe, config), {"setup": (setup_calls, setup_s), "train": (train_calls, train_s)})
     ]
 
 
-def achieved(pipe, config, parts: dict[str, tuple[list, float]]) -> dict:
-    """Each part's UNet FLOPs (its recorded calls priced by scripts/count_flops.py on this UNet's
-    config) and the rate its measured time gives: how much of the accelerator the run used."""
+def unet_call_cost(pipe, config) -> dict:
+    """FLOPs of one latent through this pipeline's UNet, forward and with the run's backward."""
     from dataclasses import asdict
 
-    from count_flops import call_flops, compose
+    from count_flops import call_flops
 
     size = pipe.unet.config.sample_size
     latent = (size, size) if isinstance(size, int) else tuple(size)
     tokens = pipe.text_encoder.config.max_position_embeddings
-    cost = call_flops(dict(pipe.unet.config), config.parameters, asdict(config), latent, tokens)
+    return call_flops(dict(pipe.unet.config), config.parameters, asdict(config), latent, tokens)
+
+
+def achieved(cost: dict, parts: dict[str, tuple[list, float]]) -> dict:
+    """Each part's UNet FLOPs (its recorded calls at ``cost``, as scripts/count_flops.py prices
+    them) and the rate its measured time gives: how much of the accelerator the run used."""
+    from count_flops import compose
+
     record = {}
     for name, (calls, seconds) in parts.items():
         flops = compose(calls, cost)
