@@ -65,9 +65,9 @@ def recorded_calls(unet: torch.nn.Module):
         handle.remove()
 
 
-def meta_inputs(config: dict, latent: tuple[int, int], tokens: int, rows: int = 1) -> dict:
-    """The UNet's inputs for ``rows`` latents on the meta device, shaped as its config asks."""
-    meta = dict(device="meta")
+def meta_inputs(config: dict, latent: tuple[int, int], tokens: int) -> dict:
+    """The UNet's inputs for one latent on the meta device, shaped as its config asks."""
+    meta, rows = dict(device="meta"), 1
     inputs = dict(
         sample=torch.empty(rows, config["in_channels"], *latent, **meta),
         timestep=torch.zeros(rows, dtype=torch.long, **meta),
