@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -165,7 +165,7 @@ def method_settings(method: str) -> dict:
 
 def step_table(spec: dict) -> list[dict]:
     """One group: every method's steps on one run, interleaved (the order rotates each round)."""
-    from count_flops import recorded_calls
+    from count_flops import pipeline_call_flops, recorded_calls
 
     from erase.loop import balancer_for
 
@@ -200,7 +200,7 @@ def step_table(spec: dict) -> list[dict]:
                 adds = allocated_gib(device) - loaded
     reference = statistics.median(times[methods[0]])
     common = {k: spec[k] for k in ("family", "parameters", "batch", "frozen", "checkpointing", "half_frozen")}
-    cost = unet_call_cost(pipe, config)
+    cost = pipeline_call_flops(pipe, config.parameters, asdict(config))
     rates = {m: achieved(cost, {"step": (calls[m], sum(times[m]))}) for m in methods}
     return [
         common
@@ -272,7 +272,7 @@ def profile_step(spec: dict) -> list[dict]:
 def end_to_end(spec: dict) -> list[dict]:
     """`erase train` of one concept with the run's defaults: setup (encoding, bank), then the
     steps, checkpoints and save; wall time of each, peak memory over each."""
-    from count_flops import recorded_calls
+    from count_flops import pipeline_call_flops, recorded_calls
 
     from erase.loop import LOG_NAME, ErasureRun
 
@@ -314,20 +314,11 @@ def end_to_end(spec: dict) -> list[dict]:
             "setup_peak_gib": round(setup_peak, 3),
             "train_peak_gib": round(train_peak, 3),
         }
-        | achieved(unet_call_cost(pipe, config), {"setup": (setup_calls, setup_s), "train": (train_calls, train_s)})
+        | achieved(
+            pipeline_call_flops(pipe, config.parameters, asdict(config)),
+            {"setup": (setup_calls, setup_s), "train": (train_calls, train_s)},
+        )
     ]
-
-
-def unet_call_cost(pipe, config) -> dict:
-    """FLOPs of one latent through this pipeline's UNet, forward and with the run's backward."""
-    from dataclasses import asdict
-
-    from count_flops import call_flops
-
-    size = pipe.unet.config.sample_size
-    latent = (size, size) if isinstance(size, int) else tuple(size)
-    tokens = pipe.text_encoder.config.max_position_embeddings
-    return call_flops(dict(pipe.unet.config), config.parameters, asdict(config), latent, tokens)
 
 
 def achieved(cost: dict, parts: dict[str, tuple[list, float]]) -> dict:

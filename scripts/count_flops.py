@@ -90,8 +90,9 @@ def attention_as_products():
     return sdpa_kernel(SDPBackend.MATH)
 
 
-def call_flops(config: dict, parameters: str, settings: dict, latent: tuple[int, int], tokens: int) -> dict:
-    """FLOPs of one latent through the UNet of ``config``: a forward alone, and a forward with the
+def call_flops(config: dict, parameters: str, settings: dict, tokens: int) -> dict:
+    """FLOPs of one latent at its native size (the config's ``sample_size``, where runs draw
+    their latents) through the UNet of ``config``: a forward alone, and a forward with the
     backward pass that trains ``parameters`` (gradients for those tensors and the activations
     between them and the output, none for the rest)."""
     from accelerate import init_empty_weights
@@ -103,13 +104,20 @@ def call_flops(config: dict, parameters: str, settings: dict, latent: tuple[int,
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(config)
         PARAMETER_SETS[parameters].attach(unet, settings)
-    inputs = meta_inputs(config, latent, tokens)
+    size = config["sample_size"]
+    inputs = meta_inputs(config, (size, size) if isinstance(size, int) else tuple(size), tokens)
     with attention_as_products(), FlopCounterMode(display=False) as counter, torch.no_grad():
         unet(**inputs)
     forward = counter.get_total_flops()
     with attention_as_products(), FlopCounterMode(display=False) as counter:
         unet(**inputs).sample.sum().backward()
     return {"forward": forward, "graph": counter.get_total_flops()}
+
+
+def pipeline_call_flops(pipe, parameters: str, settings: dict) -> dict:
+    """``call_flops`` for the UNet of a loaded pipeline, at its text encoder's length."""
+    tokens = pipe.text_encoder.config.max_position_embeddings
+    return call_flops(dict(pipe.unet.config), parameters, settings, tokens)
 
 
 def compose(calls: list[tuple[int, bool]], cost: dict) -> int:
@@ -154,17 +162,16 @@ def record_run(spec: dict) -> dict:
     return {"config": run.config, "setup": setup, "training": training, "prompts": prompts}
 
 
-def full_size(family: str) -> tuple[dict, tuple[int, int], int]:
-    """The shipped UNet config of ``family``, its native latent size and its text length."""
+def full_size(family: str) -> tuple[dict, int]:
+    """The shipped UNet config of ``family`` and its text length."""
     from bench_families_gpu import BY_CONFIG
 
     from pipelines.loading import shipped_config_folder
 
     folder = shipped_config_folder(BY_CONFIG[family])
     config = json.loads((folder / "unet" / "config.json").read_text())
-    size = config["sample_size"]
     tokens = json.loads((folder / "text_encoder" / "config.json").read_text())["max_position_embeddings"]
-    return config, (size, size) if isinstance(size, int) else tuple(size), tokens
+    return config, tokens
 
 
 def count(spec: dict) -> dict:
@@ -173,8 +180,8 @@ def count(spec: dict) -> dict:
 
     recorded = record_run(spec)
     config = recorded["config"]
-    unet_config, latent, tokens = full_size(spec["family"])
-    cost = call_flops(unet_config, config.parameters, asdict(config), latent, tokens)
+    unet_config, tokens = full_size(spec["family"])
+    cost = call_flops(unet_config, config.parameters, asdict(config), tokens)
     per_step = Counter((rows, graph) for rows, graph in recorded["training"])
     record = {
         "family": spec["family"],
@@ -194,7 +201,7 @@ def count(spec: dict) -> dict:
         "train_pflop": compose(recorded["training"], cost) / PETA,
     }
     if config.parameters == "lora":
-        plain = call_flops(unet_config, "xattn", asdict(config), latent, tokens)
+        plain = call_flops(unet_config, "xattn", asdict(config), tokens)
         record["lora_share_of_forward"] = round(1 - plain["forward"] / cost["forward"], 5)
     record["total_pflop"] = record["setup_pflop"] + record["train_pflop"]
     return record

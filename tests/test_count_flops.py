@@ -53,9 +53,7 @@ def test_the_composed_flops_equal_what_a_real_run_computes(family, parameters, m
             run.train()
     training_counted = unet_flops(counter, unet)
 
-    size = unet.config.sample_size
-    tokens = run.pipe.text_encoder.config.max_position_embeddings
-    cost = count_flops.call_flops(dict(unet.config), parameters, asdict(run.config), (size, size), tokens)
+    cost = count_flops.pipeline_call_flops(run.pipe, parameters, asdict(run.config))
     assert cost["graph"] > 2 * cost["forward"] > 0
     assert count_flops.compose(setup, cost) == setup_counted > 0
     assert count_flops.compose(training, cost) == training_counted > 0
