@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.func import functional_call
+
+from erase.xt_sources.base import Draw
+from pipelines.conditioning import Conditioning
 
 
 @contextmanager
@@ -55,3 +59,17 @@ class FrozenOriginal:
     def nbytes(self) -> int:
         """Memory the originals take (what replaces a second UNet)."""
         return sum(t.numel() * t.element_size() for t in self.originals.values())
+
+
+@dataclass
+class FrozenRequest:
+    """One frozen prediction a step needs: on ``draw``'s x_t and t, under ``cond`` (None: the
+    draw's own conditioning). ``recorded``: the prediction the x_t source kept with the draw, read
+    instead of running the UNet (``--x-source trajectory``)."""
+
+    draw: Draw
+    cond: Conditioning | None = None
+    recorded: torch.Tensor | None = None
+
+    def conditioning(self) -> Conditioning:
+        return self.draw.cond if self.cond is None else self.cond

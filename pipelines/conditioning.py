@@ -54,6 +54,12 @@ class Conditioning:
             kwargs["added_cond_kwargs"] = dict(self.added)
         return kwargs
 
+    def joinable(self) -> tuple:
+        """Conditionings with the same key can be joined by ``cat`` into one UNet call: the same
+        text length and width, dtype and added inputs."""
+        added = tuple((k, tuple(v.shape[1:]), v.dtype) for k, v in sorted(self.added.items()))
+        return tuple(self.text.shape[1:]), self.text.dtype, added
+
     @staticmethod
     def cat(parts: list[Conditioning]) -> Conditioning:
         """Rows of every part, in order (e.g. unconditional and conditional for guidance)."""

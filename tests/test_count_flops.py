@@ -70,7 +70,7 @@ def test_the_script_prices_a_full_size_run_and_its_bank(tmp_path, capsys):
     assert record["setup_pflop"] == pytest.approx(bank, rel=1e-3)
     assert record["bank_latents"] == 41  # the concept and the 40 retain prompts, one latent each
     assert 0.7 < record["forward_tflop"] < 0.9  # SD 1.5 at 512 px: about 0.8 TFLOP a latent
-    assert record["calls_per_step"] == {"2": 3.0, "2+bwd": 2.0}  # three frozen forwards, two with a graph
+    assert record["calls_per_step"] == {"6": 1.0, "2+bwd": 2.0}  # the frozen forwards in one call, two with a graph
     assert "| sd15 | xattn |" in capsys.readouterr().out
     # a second concept on the same model: the retain list's bank comes from the disk cache
     (again,) = count_flops.main(["--families", "sd15", "--cached-retain", "--set", *SMALL])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
 import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file
@@ -100,3 +101,87 @@ def test_a_run_is_bit_identical_to_one_with_a_deep_copied_frozen_unet(tiny_pipel
         assert log(new) == log(old)
         a, b = weights(new), weights(old)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _CountingCalls:
+    """The frozen model, counting its calls and the latents each took."""
+
+    def __init__(self, frozen):
+        self.frozen, self.batches = frozen, []
+
+    def __call__(self, x_t, *args, **kwargs):
+        self.batches.append(len(x_t))
+        return self.frozen(x_t, *args, **kwargs)
+
+
+@pytest.mark.parametrize("folder", ["tiny_pipeline_dir", "tiny_sd2_dir", "tiny_sdxl_dir"])
+def test_a_steps_frozen_targets_are_one_call_giving_the_separate_calls_values(folder, request, write, tmp_path):
+    """The forget draw under its anchor and its prompt and the retain draw under its prompt (∅ in
+    its first rows) go through the frozen UNet as one call of 3B latents; each row must get what a
+    call of its own gives, bit for bit on a CPU, in the right place."""
+    retain = write("retain.txt", "a blue square\na green cat\n")
+    cfg = TrainConfig(
+        model=str(request.getfixturevalue(folder)),
+        concept="a red circle",
+        anchor="a yellow circle",
+        retain=str(retain),
+        retain_unconditional=0.5,
+        output=str(tmp_path / "run"),
+        batch_size=4,
+        bank_size=2,
+        bank_steps=1,
+        progress=False,
+    )
+    run = loop.ErasureRun(cfg)
+    run.setup()
+    with torch.no_grad():  # θ away from the original, so a trainable call in its place would show
+        for p in run.params:
+            p.add_(torch.randn_like(p))
+    batch = {"forget": run._draw("forget", 4), "retain": run._draw_retain()}
+    run.frozen = counting = _CountingCalls(run.frozen)
+    run._frozen_targets(batch)
+    assert counting.batches == [12]
+    forget, retained = batch["forget"], batch["retain"]
+    with torch.no_grad():
+        want = {
+            "anchor": run._epsilon(counting.frozen, forget, run.anchors[forget.rows]),
+            "concept": run._epsilon(counting.frozen, forget),
+            "retain_target": run._epsilon(counting.frozen, retained),
+        }
+    assert len({tuple(v.flatten()[:4].tolist()) for v in want.values()}) == 3  # three different predictions
+    for name, value in want.items():
+        assert torch.equal(batch[name], value), name
+
+
+def test_a_run_with_joined_frozen_calls_is_bit_identical_to_one_calling_them_one_by_one(
+    tiny_pipeline_dir, write, tmp_path, monkeypatch
+):
+    retain = write("retain.txt", "a blue square\na green cat\n")
+
+    def run(name):
+        cfg = TrainConfig(
+            model=str(tiny_pipeline_dir),
+            concept="a red circle",
+            retain=str(retain),
+            output=str(tmp_path / name),
+            steps=3,
+            batch_size=2,
+            bank_size=1,
+            bank_steps=1,
+            progress=False,
+            learning_rate=1e-2,
+        )
+        folder = loop.train(cfg)
+        lines = [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in open(folder / loop.LOG_NAME)]
+        return lines, load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+    joined_log, joined = run("joined")
+    joint_call = loop.ErasureRun._frozen_epsilons
+
+    def one_by_one(self, requests):
+        return [joint_call(self, [request])[0] for request in requests]
+
+    monkeypatch.setattr(loop.ErasureRun, "_frozen_epsilons", one_by_one)
+    apart_log, apart = run("apart")
+    assert joined_log == apart_log
+    assert joined.keys() == apart.keys() and all(torch.equal(joined[k], apart[k]) for k in joined)

@@ -41,13 +41,14 @@ def test_recorded_targets_are_the_frozen_models_predictions_there(folder, precis
     forget, retained = run._draw("forget", 6), run._draw_retain()
     assert forget.frozen is not None and retained.frozen is not None
     assert len(retained.cond.text) == 6 and run._unconditional_rows() == 3  # the ∅ rows are there to check
+    batch = {"forget": forget, "retain": retained}
+    run._frozen_targets(batch)  # what a step reads: the recorded predictions
+    anchors = run.anchors[forget.rows]  # every anchor is ∅ here: the recorded ∅ prediction
     with torch.no_grad():
-        for draw in (forget, retained):  # under the rows' own conditioning (∅ for the first retain rows)
-            torch.testing.assert_close(run._frozen_epsilon(draw), run._epsilon(run.frozen, draw), rtol=1e-4, atol=1e-5)
-        anchors = run.anchors[forget.rows]  # every anchor is ∅ here: the recorded ∅ prediction
-        torch.testing.assert_close(
-            run._anchor_epsilon(forget), run._epsilon(run.frozen, forget, anchors), rtol=1e-4, atol=1e-5
-        )
+        wanted = (("concept", forget, None), ("retain_target", retained, None), ("anchor", forget, anchors))
+        for name, draw, cond in wanted:
+            # under the rows' own conditioning (∅ for the first retain rows), or the anchors
+            torch.testing.assert_close(batch[name], run._epsilon(run.frozen, draw, cond), rtol=1e-4, atol=1e-5)
 
 
 def test_paths_start_from_each_latents_own_seed_and_stay_in_the_timestep_range(tiny_pipeline_dir, retain, tmp_path):
@@ -101,7 +102,7 @@ def test_points_do_not_depend_on_the_sampling_batch(tiny_pipeline_dir, retain, t
 
 
 @pytest.mark.parametrize(
-    ("settings", "frozen_calls"),
+    ("settings", "frozen_batches"),
     [
         (dict(x_source="bank"), 3),  # forget under its prompt and under ∅, retain under its prompt
         (dict(), 0),
@@ -110,20 +111,20 @@ def test_points_do_not_depend_on_the_sampling_batch(tiny_pipeline_dir, retain, t
     ],
 )
 def test_a_step_runs_the_frozen_model_only_for_what_was_not_recorded(
-    settings, frozen_calls, tiny_pipeline_dir, retain, tmp_path
+    settings, frozen_batches, tiny_pipeline_dir, retain, tmp_path
 ):
     run = loop.ErasureRun(config(tiny_pipeline_dir, tmp_path / "run", retain, **{"method": "weighted"} | settings))
     run.setup()
     calls, frozen = [], run.frozen
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return frozen(*args, **kwargs)
+    def counting(x_t, *args, **kwargs):
+        calls.append(len(x_t))
+        return frozen(x_t, *args, **kwargs)
 
     run.frozen = counting
     for run.step in range(2):
         run.train_step()
-    assert len(calls) == 2 * frozen_calls
+    assert calls == [frozen_batches * run.config.batch_size] * (2 if frozen_batches else 0)  # one call a step
 
 
 def test_trains_with_adversarial_rounds_and_logs_finite_losses(tiny_pipeline_dir, retain, tmp_path):
