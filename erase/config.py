@@ -207,6 +207,14 @@ class TrainConfig:
             "exists: training never calls them (frees their accelerator memory)"
         },
     )
+    joint_forward: bool = field(
+        default=False,
+        metadata={
+            "help": "opt-in: run the forget and retain halves through the trained UNet as one call of 2B latents with "
+            "one backward (weighted, eupmu, eupmu-fast): a call's fixed cost once instead of twice. The same "
+            "arithmetic per row; the gradient's sums run in another order, so not bit for bit the default's run"
+        },
+    )
     half_frozen: bool = field(
         default=False,
         metadata={
@@ -312,6 +320,12 @@ class TrainConfig:
             raise InputError(
                 "--adversarial-every encodes the attacked prompts during training, so the text encoders stay on "
                 "the accelerator: drop --offload-encoders"
+            )
+        balancer = BALANCERS[self.method]
+        if self.joint_forward and not (balancer.needs_retain and balancer.backward_passes == 1):
+            raise InputError(
+                f"--joint-forward joins the halves of one backward of ℓ_u + λ·ℓ_r; --method {self.method} "
+                "takes ℓ_u's gradient on its own: use weighted, eupmu or eupmu-fast, or drop --joint-forward"
             )
         if self.mask == "feasible" and self.batch_size % self.mask_micro_batches:
             raise InputError("--batch-size must be a multiple of --mask-micro-batches")

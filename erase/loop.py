@@ -53,7 +53,7 @@ STAGING = ".pipeline"  # the finished pipeline is written here, then moved into 
 # Fields that may differ between a run and its --resume: they do not change what is computed.
 # Settings added with a default other than what runs before them did: a run folder that does not
 # record one was started with this value, and resuming it under the new default would mix two runs.
-_BEFORE_RECORDED = {"retain_unconditional": 0.0, "retain_focus": 0.0, "lambda_smoothing": 0.0}
+_BEFORE_RECORDED = {"retain_unconditional": 0.0, "retain_focus": 0.0, "lambda_smoothing": 0.0, "joint_forward": False}
 _RESUME_MAY_CHANGE = {
     "output",
     "resume",
@@ -372,10 +372,21 @@ class ErasureRun:
     def _epsilon(self, model, draw: Draw, cond=None) -> torch.Tensor:
         """``model``'s prediction on ``draw`` in ε units (float32), under the draw's conditioning or
         ``cond``: every loss is computed there, so ε- and v-prediction models share loss units."""
-        cond = draw.cond if cond is None else cond
+        return self._epsilons(model, [(draw, draw.cond if cond is None else cond)])[0]
+
+    def _epsilons(self, model, parts: list[tuple[Draw, Conditioning]]) -> list[torch.Tensor]:
+        """``model``'s predictions on several draws, each under its conditioning, from *one* call
+        (their conditionings must be ``joinable``); each row is computed on its own."""
+        if len(parts) == 1:
+            ((draw, cond),) = parts
+            x_t, t = draw.x_t, draw.t
+        else:
+            x_t, t = torch.cat([d.x_t for d, _ in parts]), torch.cat([d.t for d, _ in parts])
+            cond = Conditioning.cat([c for _, c in parts])
         with self.accelerator.autocast():
-            output = model(draw.x_t, draw.t, **cond.unet_kwargs()).sample
-        return self._in_epsilon(output, draw)
+            output = model(x_t, t, **cond.unet_kwargs()).sample
+        pieces = output.split([len(d.x_t) for d, _ in parts])
+        return [self._in_epsilon(piece, draw) for piece, (draw, _) in zip(pieces, parts, strict=True)]
 
     def _in_epsilon(self, output: torch.Tensor, draw: Draw) -> torch.Tensor:
         """A raw UNet output at the draw's (x_t, t), run now or recorded by the source, in ε units."""
@@ -409,18 +420,10 @@ class ErasureRun:
             else:
                 groups.setdefault(request.conditioning().joinable(), []).append(index)
         for members in groups.values():
-            draws = [requests[i].draw for i in members]
-            joined = Draw(
-                torch.cat([d.x_t for d in draws]),
-                torch.cat([d.t for d in draws]),
-                None,
-                Conditioning.cat([requests[i].conditioning() for i in members]),
-                torch.cat([d.rows for d in draws]),
-            )
-            with torch.no_grad(), self.accelerator.autocast():
-                output = self.frozen(joined.x_t, joined.t, **joined.cond.unet_kwargs()).sample
-            for index, piece in zip(members, output.split([len(d.rows) for d in draws]), strict=True):
-                out[index] = self._in_epsilon(piece, requests[index].draw)
+            with torch.no_grad():
+                parts = [(requests[i].draw, requests[i].conditioning()) for i in members]
+                for index, value in zip(members, self._epsilons(self.frozen, parts), strict=True):
+                    out[index] = value
         return out
 
     def _frozen_targets(self, batch: dict) -> None:
@@ -435,12 +438,13 @@ class ErasureRun:
             requests.append(FrozenRequest(batch["retain"], None, batch["retain"].frozen))
         batch.update(zip(names, self._frozen_epsilons(requests), strict=True))
 
-    def _retain_loss(self, batch, part: torch.Tensor | None = None) -> torch.Tensor:
-        """ℓ_r of the trainable UNet on the batch's retain latents (or the rows in ``part``)."""
+    def _retain_loss(self, batch, part: torch.Tensor | None = None, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """ℓ_r of the trainable UNet on the batch's retain latents (or the rows in ``part``);
+        ``eps``: its prediction there when already run (``--joint-forward``)."""
         draw, target = batch["retain"], batch["retain_target"]
         if part is not None:
             draw, target = draw[part], target[part]
-        eps = self._epsilon(self.unet, draw)
+        eps = self._epsilon(self.unet, draw) if eps is None else eps
         if part is None and self.focus is not None:  # each row's own loss (the batch's mean is ℓ_r)
             batch["retain_row_losses"] = (eps.detach() - target).pow(2).flatten(1).mean(1)
         return losses.retain_loss(eps, target)
@@ -448,13 +452,26 @@ class ErasureRun:
     def _step_losses(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.config
         draw = batch["forget"]
-        eps_forget = self._epsilon(self.unet, draw, self.adversarial.condition(draw) if self.adversarial else None)
+        parts = [(draw, self.adversarial.condition(draw) if self.adversarial else draw.cond)]
+        if "retain" in batch and self._joins_halves(parts[0][1], batch["retain"].cond):
+            parts.append((batch["retain"], batch["retain"].cond))
+        eps_forget, *eps_retain = self._epsilons(self.unet, parts)
         if cfg.loss == "negative-guidance":
             loss_u = losses.negative_guidance_loss(eps_forget, batch["anchor"], batch["concept"], cfg.eta)
         else:
             loss_u = losses.anchor_loss(eps_forget, batch["anchor"])
-        loss_r = self._retain_loss(batch) if "retain" in batch else None
+        loss_r = self._retain_loss(batch, eps=eps_retain[0] if eps_retain else None) if "retain" in batch else None
         return loss_u, loss_r
+
+    def _joins_halves(self, forget: Conditioning, retain: Conditioning) -> bool:
+        """``--joint-forward``: the forget and retain halves through the trained UNet as one call of
+        2B latents, when this step's gradient is one backward of ℓ_u + λ·ℓ_r (two backward passes
+        would each go through all 2B rows) and the conditionings can be joined."""
+        return (
+            self.config.joint_forward
+            and self.balancer.one_backward_of_both()
+            and forget.joinable() == retain.joinable()
+        )
 
     def _retain_value_now(self, batch) -> float:
         """ℓ_r on the same batch, noise and timesteps at the current weights (no grad)."""

@@ -152,19 +152,33 @@ def default_method() -> str:
     return TrainConfig.method
 
 
+LEVERS = {"joint", "apart"}  # a --methods entry's +suffixes
+
+
 def method_settings(method: str) -> dict:
-    """TrainConfig fields for a --methods entry: a method, or eupmu:<probe> (eupmu:next, eupmu:fresh).
-    Settings whose default is a method's own (λ's rate, eupmu-fast's smoothing) go back to None,
-    so each method gets its own: the run's config holds the first method's."""
+    """TrainConfig fields for a --methods entry: a method, or eupmu:<probe> (eupmu:next, eupmu:fresh),
+    with ``+joint`` for --joint-forward (``+apart``: see ``calls_apart``). Settings whose default is
+    a method's own (λ's rate, eupmu-fast's smoothing) go back to None, so each method gets its own:
+    the run's config holds the first method's."""
     from erase.balancers import BALANCERS
 
-    name, _, probe = method.partition(":")
+    base, *levers = method.split("+")
+    if set(levers) - LEVERS:
+        raise SystemExit(f"unknown +{', +'.join(sorted(set(levers) - LEVERS))} in {method!r}; use +joint or +apart")
+    name, _, probe = base.partition(":")
     own = {setting: None for balancer in BALANCERS.values() for setting in balancer.defaults}
-    return own | {"method": name} | ({"retain_probe": probe} if probe else {})
+    settings = own | {"method": name} | ({"retain_probe": probe} if probe else {})
+    return settings | ({"joint_forward": True} if "joint" in levers else {})
+
+
+def calls_apart(method: str) -> bool:
+    """``+apart``: the step's frozen targets called one by one, as before they were joined."""
+    return "apart" in method.split("+")[1:]
 
 
 def step_table(spec: dict) -> list[dict]:
     """One group: every method's steps on one run, interleaved (the order rotates each round)."""
+    from bench_step_cost import frozen_calls_apart
     from count_flops import pipeline_call_flops, recorded_calls
 
     from erase.loop import balancer_for
@@ -177,7 +191,11 @@ def step_table(spec: dict) -> list[dict]:
         os.environ["ERASE_CACHE_DIR"] = tmp
         run = _step_run(spec, device, pipe, Path(tmp))
         config = run.config
-        balancers = {m: balancer_for(replace(config, **method_settings(m))) for m in methods}
+        configs = {m: replace(config, **method_settings(m)) for m in methods}
+        balancers = {m: balancer_for(configs[m]) for m in methods}
+        joined = run._frozen_epsilons
+        frozen_calls_apart(run)
+        apart, run._frozen_epsilons = run._frozen_epsilons, joined
         ahead = {m: None for m in methods}  # --retain-probe next: each method's own batch drawn ahead
         times = {m: [] for m in methods}
         peaks = {m: 0.0 for m in methods}
@@ -186,6 +204,7 @@ def step_table(spec: dict) -> list[dict]:
             order = methods[round_ % len(methods) :] + methods[: round_ % len(methods)]
             for method in order:
                 run.balancer, run.step, run.lookahead = balancers[method], round_, ahead[method]
+                run.config, run._frozen_epsilons = configs[method], apart if calls_apart(method) else joined
                 reset_peak(device)
                 begin = time.perf_counter()
                 with recorded_calls(pipe.unet) as step_calls:
@@ -222,6 +241,7 @@ def step_table(spec: dict) -> list[dict]:
 
 def profile_step(spec: dict) -> list[dict]:
     """Where one method's step spends its time: wall against kernel time, UNet calls, host hot spots."""
+    from bench_step_cost import frozen_calls_apart
     from torch.profiler import ProfilerActivity, profile
 
     pipe, device = _pipeline(spec)
@@ -230,6 +250,8 @@ def profile_step(spec: dict) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["ERASE_CACHE_DIR"] = tmp
         run = _step_run(spec, device, pipe, Path(tmp), **method_settings(spec["method"]))
+        if calls_apart(spec["method"]):
+            frozen_calls_apart(run)
         for _ in range(3):  # kernels chosen, Adam state allocated, λ calibrated
             run.train_step()
         sync(device)
@@ -272,6 +294,7 @@ def profile_step(spec: dict) -> list[dict]:
 def end_to_end(spec: dict) -> list[dict]:
     """`erase train` of one concept with the run's defaults: setup (encoding, bank), then the
     steps, checkpoints and save; wall time of each, peak memory over each."""
+    from bench_step_cost import frozen_calls_apart
     from count_flops import pipeline_call_flops, recorded_calls
 
     from erase.loop import LOG_NAME, ErasureRun
@@ -286,6 +309,8 @@ def end_to_end(spec: dict) -> list[dict]:
         reset_peak(device)
         begin = time.perf_counter()
         run = ErasureRun(config, pipe)
+        if calls_apart(spec["method"]):
+            frozen_calls_apart(run)
         run.check_inputs()
         with recorded_calls(pipe.unet) as setup_calls:
             run.setup()
@@ -403,7 +428,9 @@ def main() -> None:
         "--methods",
         nargs="+",
         default=METHODS,
-        help="the first is the reference of the ratios; eupmu:next and eupmu:fresh time eupmu with that --retain-probe",
+        help="the first is the reference of the ratios; eupmu:next and eupmu:fresh time eupmu with that "
+        "--retain-probe; +joint adds --joint-forward (weighted+joint), +apart calls the frozen targets one by one, "
+        "as before they were joined into one call",
     )
     parser.add_argument("--frozen", nargs="+", default=["swap"], choices=["swap", "copy"])
     parser.add_argument("--half-frozen", nargs="+", default=["off"], choices=["off", "on"])
@@ -413,7 +440,11 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=8, help="timed rounds (one step of every method each)")
     parser.add_argument("--e2e", action="store_true", help="end-to-end erase of one concept instead")
-    parser.add_argument("--e2e-method", default=None, help="the method of --e2e and --profile (default: erase train's)")
+    parser.add_argument(
+        "--e2e-method",
+        default=None,
+        help="the method of --e2e and --profile (default: erase train's; +joint, +apart as in --methods)",
+    )
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="--e2e: erase train settings")
     parser.add_argument("--profile", action="store_true", help="where a step's time goes, instead")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks this script only")

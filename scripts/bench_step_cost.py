@@ -42,7 +42,24 @@ def variants() -> dict[str, dict]:
     out["weighted, x_t by sampling"] = {"method": "weighted", "x_source": "sample"}
     for m in ("weighted", "eupmu-fast"):  # the frozen targets recorded with the points: no frozen forward
         out[f"{m}, x_t on frozen paths"] = {"method": m, "x_source": "trajectory"}
+    for m in ("weighted", "eupmu-fast"):  # forget and retain through the trained UNet as one call
+        out[f"{m}, one trained call"] = {"method": m, "joint_forward": True}
+    out["weighted, frozen calls apart"] = {"method": "weighted", APART: True}
     return out
+
+
+APART = "frozen_calls_apart"  # a variant's key (not a TrainConfig field): the frozen targets called one by one
+
+
+def frozen_calls_apart(run: ErasureRun) -> None:
+    """Makes ``run`` call the frozen UNet once per target, as the loop did before it joined a
+    step's frozen targets into one call: the comparison point for that change."""
+    joined = ErasureRun._frozen_epsilons
+
+    def one_by_one(requests):
+        return [joined(run, [request])[0] for request in requests]
+
+    run._frozen_epsilons = one_by_one
 
 
 class PeakMemory:
@@ -114,10 +131,12 @@ def main(argv: list[str] | None = None) -> dict:
             steps=10**6,
             overwrite=True,
             progress=False,
-            **overrides,
+            **{k: v for k, v in overrides.items() if k != APART},
         )
         run = ErasureRun(config)
         run.setup()
+        if overrides.get(APART):
+            frozen_calls_apart(run)
         run.step = 0
         runs[name] = run
     device = next(iter(runs.values())).accelerator.device

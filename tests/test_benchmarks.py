@@ -29,13 +29,14 @@ def run_script(name: str, *argv: str, tmp_path: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_the_step_table_times_every_method_asked(tmp_path):
-    methods = ["weighted", "eupmu-fast", "eupmu:next", "explicit"]  # the reference first
+    methods = ["weighted", "eupmu-fast", "eupmu:next", "explicit", "weighted+joint", "weighted+apart"]  # ref. first
     argv = ["--smoke", "--parameters", "xattn", "--batch", "1", "--steps", "2", "--methods", *methods]
     records = run_script("bench_scale.py", *argv, tmp_path=tmp_path)
     assert [r["method"] for r in records] == methods
     assert all(math.isfinite(r["median_step_s"]) and r["median_step_s"] > 0 for r in records)
     step = {r["method"]: r["step_tflop"] for r in records}  # eupmu's own extra retain forward
     assert step["eupmu:next"] > step["weighted"] > 0 and step["eupmu-fast"] == pytest.approx(step["weighted"])
+    assert step["weighted+joint"] == pytest.approx(step["weighted"]) == step["weighted+apart"]  # other calls, same work
 
 
 @pytest.mark.slow
@@ -52,8 +53,9 @@ def test_the_step_cost_script_times_its_variants_and_the_unet_calls(tmp_path, mo
     import bench_step_cost
 
     quick = ["--repeats", "1", "--warmup", "1", "--batch-size", "2", "--output", str(tmp_path)]
-    result = bench_step_cost.main([*quick, "--variants", "eupmu-fast, x_t on frozen paths"])
-    assert [r["variant"] for r in result["rows"]] == ["weighted", "eupmu-fast, x_t on frozen paths"]
+    asked = ["eupmu-fast, x_t on frozen paths", "weighted, one trained call", "weighted, frozen calls apart"]
+    result = bench_step_cost.main([*quick, "--variants", *asked])
+    assert [r["variant"] for r in result["rows"]] == ["weighted", *asked]
     calls = bench_step_cost.main([*quick, "--forwards"])
     assert [r["call"] for r in calls["rows"]][0] == "frozen forward" and len(calls["rows"]) == 4
 
@@ -69,9 +71,16 @@ def test_the_families_script_generates_trains_and_round_trips_a_single_file(tmp_
 
 
 @pytest.mark.slow
-def test_the_profile_counts_a_steps_unet_calls(tmp_path):
-    argv = ["--smoke", "--profile", "--parameters", "xattn", "--batch", "1", "--steps", "1", "--e2e-method", "weighted"]
+@pytest.mark.parametrize(
+    ("method", "calls"),
+    [
+        ("weighted", 3),  # on the bank: forget and retain through the trained UNet, the frozen targets in one call
+        ("weighted+apart", 5),  # the three frozen targets one by one
+        ("weighted+joint", 2),  # forget and retain as one trained call
+    ],
+)
+def test_the_profile_counts_a_steps_unet_calls(method, calls, tmp_path):
+    argv = ["--smoke", "--profile", "--parameters", "xattn", "--batch", "1", "--steps", "1", "--e2e-method", method]
     (record,) = run_script("bench_scale.py", *argv, tmp_path=tmp_path)
-    # weighted on the bank: forget and retain through the trained UNet, the frozen forwards in one call
-    assert record["method"] == "weighted" and record["unet_calls_per_step"] == 3
+    assert record["method"] == method and record["unet_calls_per_step"] == calls
     assert record["wall_per_step_s"] > 0 and record["host_hot_spots"]

@@ -51,6 +51,11 @@ class Balancer(ABC):
     backward_passes: ClassVar[int] = 1
     constrains_update: ClassVar[bool] = False  # the loop then keeps θ before the step for it
 
+    def one_backward_of_both(self) -> bool:
+        """Whether this step's gradient is one backward of ℓ_u + λ·ℓ_r: then the loop may run the
+        forget and retain halves through the trained UNet as one call (``--joint-forward``)."""
+        return self.needs_retain and self.backward_passes == 1
+
     @property
     def probe(self) -> str:
         """Where ``after_step``'s ℓ_r before and after the step is measured (``--retain-probe``):

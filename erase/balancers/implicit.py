@@ -38,6 +38,9 @@ class ImplicitSurgery(Balancer):
     def warming_up(self) -> bool:
         return self.calibration is not None and self.calibration.active
 
+    def one_backward_of_both(self) -> bool:  # a calibration warm-up step takes two
+        return not self.warming_up
+
     def backward(self, loss_forget, loss_retain, params, backward, retain_value=None):
         if self.warming_up:
             return self._explicit_backward(loss_forget, loss_retain, params, backward)
