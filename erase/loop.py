@@ -1,10 +1,11 @@
 """The erasure loop on Hugging Face Accelerate: setup → train → save (torchtune-style recipe).
 
 Per step (METHOD.md): draw forget and retain x_t from the x_t source (by default latents from
-the bank, noised to a random t), compute the frozen model's targets without grad (or read them
-from the draw, ``--x-source trajectory``), the trainable model's ℓ_u and ℓ_r, let the
-balancer turn them into a gradient (optionally masked), clip, step Adam, and let the balancer
-update λ. Runs on one CPU, one GPU, or several GPUs under ``accelerate launch``.
+the bank, noised to a random t), compute the frozen model's targets without grad in one UNet call
+(or read them from the draw, ``--x-source trajectory``), the trainable model's ℓ_u and ℓ_r (in
+one call with ``--joint-forward``), let the balancer turn them into a gradient (optionally
+masked), clip, step Adam, and let the balancer update λ. Runs on one CPU, one GPU, or several
+GPUs under ``accelerate launch``.
 """
 
 from __future__ import annotations

@@ -326,7 +326,12 @@ def _free_setting(setting: str) -> dict | None:
         if key not in defaults or not value:
             return None
         kind = type(defaults[key])
-        overrides[key] = float(value) if kind in (float, type(None)) else kind(value)
+        if kind is bool:  # bool("false") is True
+            if value.lower() not in ("true", "false"):
+                return None
+            overrides[key] = value.lower() == "true"
+        else:
+            overrides[key] = float(value) if kind in (float, type(None)) else kind(value)
     return overrides
 
 
