@@ -453,7 +453,8 @@ class ErasureRun:
     def _step_losses(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.config
         draw = batch["forget"]
-        parts = [(draw, self.adversarial.condition(draw) if self.adversarial else draw.cond)]
+        attacked = self.adversarial.condition(draw) if self.adversarial else None  # None before a round
+        parts = [(draw, draw.cond if attacked is None else attacked)]
         if "retain" in batch and self._joins_halves(parts[0][1], batch["retain"].cond):
             parts.append((batch["retain"], batch["retain"].cond))
         eps_forget, *eps_retain = self._epsilons(self.unet, parts)

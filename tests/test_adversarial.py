@@ -60,20 +60,21 @@ def test_the_unlearning_loss_takes_the_prefixed_prompts_once_a_round_has_run(
     tiny_pipeline_dir, retain_file, tmp_path, monkeypatch
 ):
     run = _run(tiny_pipeline_dir, retain_file, tmp_path, adversarial_every=2, adversarial_iterations=2, steps=3)
-    seen: list[tuple[int, object]] = []  # (step, conditioning) of every call of the model being erased
-    real = loop.ErasureRun._epsilon
+    seen: list[tuple[int, object]] = []  # (step, draw, conditioning) of every call of the model being erased
+    real = loop.ErasureRun._epsilons
 
-    def spy(self, model, draw, cond=None):
+    def spy(self, model, parts):
         if model is self.unet:
-            seen.append((self.step, cond))
-        return real(self, model, draw, cond)
+            seen.extend((self.step, draw, cond) for draw, cond in parts)
+        return real(self, model, parts)
 
-    monkeypatch.setattr(loop.ErasureRun, "_epsilon", spy)
+    monkeypatch.setattr(loop.ErasureRun, "_epsilons", spy)
     for step in range(3):
         run.step = step
         log = run.train_step()
         assert ("adversarial_loss_first" in log) == (step == 2)
-    assert all(cond is None for step, cond in seen if step < 2)  # before the first round: plain prompts
-    last = [cond for step, cond in seen if step == 2 and cond is not None][-1]  # ℓ_u's call comes last
+    assert all(cond is draw.cond for step, draw, cond in seen if step < 2)  # before the first round: plain prompts
+    # the attack's calls, then ℓ_u's: the last call under other than its draw's own prompts
+    last = [cond for step, draw, cond in seen if step == 2 and cond is not draw.cond][-1]
     expected = run.adversarial.cond.text[torch.zeros(2, dtype=torch.long)]  # one forget prompt, batch 2
     assert torch.equal(last.text, expected) and not last.text.requires_grad

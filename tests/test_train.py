@@ -135,10 +135,10 @@ def test_each_mask_micro_batch_holds_the_same_share_of_unconditional_rows(tiny_p
     parts = []
     measure = run._retain_loss
 
-    def record(batch, part=None):
+    def record(batch, part=None, eps=None):
         if part is not None:
             parts.append(part.tolist())
-        return measure(batch, part)
+        return measure(batch, part, eps)
 
     run._retain_loss = record
     run.step = 0
