@@ -58,19 +58,41 @@ def _weights_summary(pipe) -> list[str]:
     return parts
 
 
-def _read_cached_bank(path: Path, prompts: int, per_prompt: int) -> torch.Tensor | None:
-    """A cached bank, or None after discarding a damaged entry (cut by a full disk, changed by
-    hand) with a note: it is rebuilt, instead of breaking every later run with these settings."""
+def read_cached(path: Path, what: str, fits) -> dict[str, torch.Tensor] | None:
+    """The tensors of a cached sampling result, or None after discarding a damaged entry (cut by a
+    full disk, changed by hand) with a note: it is rebuilt, instead of breaking every later run
+    with these settings. ``fits(tensors)`` says whether the shapes are the ones asked for."""
     try:
-        latents = load_file(str(path))["latents"]
-        if latents.shape[:2] == (prompts, per_prompt) and bool(torch.isfinite(latents).all()):
-            return latents
-        problem = f"shape {tuple(latents.shape)} or values do not fit"
+        tensors = load_file(str(path))
+        if fits(tensors) and all(bool(torch.isfinite(t).all()) for t in tensors.values()):
+            return tensors
+        problem = f"shapes {[tuple(t.shape) for t in tensors.values()]} or values do not fit"
     except Exception as err:  # safetensors raises its own error types for a damaged file
         problem = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-    print(f"note: the cached latent bank {path} is damaged ({problem}); rebuilding it", file=sys.stderr)
+    print(f"note: the cached {what} {path} is damaged ({problem}); rebuilding it", file=sys.stderr)
     path.unlink(missing_ok=True)
     return None
+
+
+def sampling_key(pipe, **settings) -> str:
+    """The cache key of what the frozen pipeline samples: its weights, the dtype and autocast
+    precision it samples in, its scheduler, and the caller's ``settings`` (prompts, seeds, steps)."""
+    return hashlib.sha256(
+        json.dumps(
+            {
+                "model": model_fingerprint(pipe),
+                **settings,
+                "dtype": str(pipe.unet.dtype),
+                # sampled under autocast is another result (absent when off: older caches stay valid)
+                **({"autocast": autocast} if (autocast := _autocast_dtype(pipe.device.type)) else {}),
+                # what the UNet predicts, and how it is sampled: two pipelines sharing UNet weights
+                # (e.g. an ε model and a v model built in memory) must not share a result
+                "scheduler": [type(pipe.scheduler).__name__]
+                + sorted(f"{k}={v}" for k, v in pipe.scheduler.config.items() if not k.startswith("_")),
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:24]
 
 
 def halving_on_out_of_memory(start: int):
@@ -107,31 +129,15 @@ def generate_latents(
     desc: str = "latent bank",
 ) -> torch.Tensor:
     """x_0 latents (scaled as the UNet sees them), (P, K, 4, h, w); cached on disk."""
-    key = hashlib.sha256(
-        json.dumps(
-            {
-                "model": model_fingerprint(pipe),
-                "prompts": prompts,
-                "k": per_prompt,
-                "seed": seed,
-                "steps": steps,
-                "guidance": guidance,
-                "dtype": str(pipe.unet.dtype),
-                # a bank sampled under autocast is another bank (absent when off: older caches stay valid)
-                **({"autocast": autocast} if (autocast := _autocast_dtype(pipe.device.type)) else {}),
-                # what the UNet predicts, and how it is sampled: two pipelines sharing UNet weights
-                # (e.g. an ε model and a v model built in memory) must not share a bank
-                "scheduler": [type(pipe.scheduler).__name__]
-                + sorted(f"{k}={v}" for k, v in pipe.scheduler.config.items() if not k.startswith("_")),
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:24]
+    key = sampling_key(pipe, prompts=prompts, k=per_prompt, seed=seed, steps=steps, guidance=guidance)
     path = cache_dir() / "banks" / f"{key}.safetensors"
     if path.is_file():
-        cached = _read_cached_bank(path, len(prompts), per_prompt)
-        if cached is not None:
-            return cached
+
+        def fits(tensors: dict) -> bool:
+            return set(tensors) == {"latents"} and tensors["latents"].shape[:2] == (len(prompts), per_prompt)
+
+        if (cached := read_cached(path, "latent bank", fits)) is not None:
+            return cached["latents"]
     jobs = [(p, k) for p in range(len(prompts)) for k in range(per_prompt)]
 
     # Each latent has its own generator, so the bank does not depend on the batch it was drawn in.

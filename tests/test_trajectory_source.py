@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 from diffusers import DDIMScheduler
+from safetensors.torch import load_file, save_file
 
 import erase.xt_sources.trajectory as trajectory
 from erase import loop
@@ -93,6 +94,7 @@ def test_points_do_not_depend_on_the_sampling_batch(tiny_pipeline_dir, retain, t
     runs = {}
     for batch in (32, 1):  # one latent at a time splits the forget paths too
         monkeypatch.setattr(trajectory, "SAMPLE_BATCH", batch)
+        monkeypatch.setenv("ERASE_CACHE_DIR", str(tmp_path / f"cache{batch}"))  # sampled, not read
         runs[batch] = loop.ErasureRun(config(tiny_pipeline_dir, tmp_path / f"b{batch}", retain))
         runs[batch].setup()
     for kind in ("forget", "retain"):
@@ -165,8 +167,10 @@ def test_paths_are_sampled_again_at_half_the_batch_when_memory_runs_out(
     """As the bank does (tests/test_out_of_memory.py): a UNet that runs out of memory above four
     rows (two paths with their ∅ halves) gets them two at a time, and the points are the same."""
     monkeypatch.setattr(trajectory, "SAMPLE_BATCH", 8)
+    monkeypatch.setenv("ERASE_CACHE_DIR", str(tmp_path / "cache"))
     whole = loop.ErasureRun(config(tiny_pipeline_dir, tmp_path / "whole", retain))
     whole.setup()
+    monkeypatch.setenv("ERASE_CACHE_DIR", str(tmp_path / "cache2"))  # sampled again, not read
     pipe = whole.pipe.__class__.from_pretrained(tiny_pipeline_dir)
     real, rows, refused = pipe.unet.forward, [], []
 
@@ -184,3 +188,63 @@ def test_paths_are_sampled_again_at_half_the_batch_when_memory_runs_out(
     for kind in ("forget", "retain"):
         for name in ("x_t", "text", "null"):
             torch.testing.assert_close(cut.x_source.paths[kind][name], whole.x_source.paths[kind][name])
+
+
+def test_a_later_run_reads_the_points_its_settings_share_from_the_disk_cache(
+    tiny_pipeline_dir, retain, tmp_path, monkeypatch, capsys
+):
+    """As the bank's latents: the same model, prompts and settings read the points; another concept
+    samples only its own paths; another seed or timestep range samples everything again."""
+    monkeypatch.setenv("ERASE_CACHE_DIR", str(tmp_path / "cache"))
+    recorded, record = [], trajectory.FrozenTrajectories._record
+
+    def counting(self, unet, conditions, per_prompt, seed, desc, progress):
+        recorded.append(desc)
+        return record(self, unet, conditions, per_prompt, seed, desc, progress)
+
+    monkeypatch.setattr(trajectory.FrozenTrajectories, "_record", counting)
+
+    def points(name, **kw):
+        recorded.clear()
+        run = loop.ErasureRun(config(tiny_pipeline_dir, tmp_path / name, retain, **kw))
+        run.setup()
+        return run.x_source.paths, list(recorded)
+
+    first, sampled = points("first")
+    assert sampled == ["forget paths", "retain paths"]
+    again, sampled = points("again")
+    assert sampled == []
+    assert all(torch.equal(again[k][n], first[k][n]) for k in first for n in first[k])
+    other, sampled = points("other", concept="a drawing of a tree")
+    assert sampled == ["forget paths"] and torch.equal(other["retain"]["text"], first["retain"]["text"])
+    assert not torch.equal(other["forget"]["text"], first["forget"]["text"])
+    assert points("seed", seed=1)[1] == ["forget paths", "retain paths"]
+    # the sampler's timesteps are 751, 501, 251, 1; each range keeps three of them
+    assert points("range", t_max=600)[1] == ["forget paths", "retain paths"]
+    assert points("other range", t_min=2)[1] == ["forget paths", "retain paths"]
+    assert "note:" not in capsys.readouterr().err  # told apart by their keys, not as damaged entries
+
+
+def test_a_run_on_cached_points_is_bit_identical_and_a_damaged_entry_is_rebuilt(
+    tiny_pipeline_dir, retain, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("ERASE_CACHE_DIR", str(tmp_path / "cache"))
+
+    def trained(name):
+        folder = loop.train(config(tiny_pipeline_dir, tmp_path / name, retain))
+        lines = [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in open(folder / loop.LOG_NAME)]
+        return lines, load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+    fresh_log, fresh = trained("fresh")
+    cached_log, cached = trained("cached")
+    assert cached_log == fresh_log and all(torch.equal(cached[k], fresh[k]) for k in fresh)
+    entries = sorted((tmp_path / "cache" / "paths").glob("*.safetensors"))
+    assert len(entries) == 2  # the forget and the retain paths
+    entries[0].write_bytes(entries[0].read_bytes()[:100])  # cut short, as by a full disk
+    wrong = {name: tensor[:, :1] for name, tensor in load_file(str(entries[1])).items()}
+    save_file(wrong, str(entries[1]))  # a whole file with other shapes
+    capsys.readouterr()
+    rebuilt_log, _ = trained("rebuilt")
+    assert capsys.readouterr().err.count("note: the cached trajectory points") == 2
+    assert rebuilt_log == fresh_log  # sampled again and cached whole:
+    assert all(load_file(str(entry))["x_t"].shape[1] == 2 for entry in entries)

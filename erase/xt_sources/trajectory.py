@@ -14,10 +14,12 @@ What it changes: x_t comes from a finite set (prompts × bank_size × the in-ran
 the sampler's timesteps, where the bank noises its x_0 afresh at any t in the range every step.
 Setup costs what drawing the bank costs; the points live in host memory (x_t in float32, the
 predictions in the dtype the UNet gave them: for SD 1.5 at bf16, 20 steps and 41 prompts × 8
-latents, about 0.8 GB). They are drawn again by every run (the bank's disk cache does not hold
-them); the drawing is seeded per latent, so a resumed run gets the same points on the CPU (on a
-GPU, to within float tolerance, as everything there). SDXL at 1024 px holds about 4× as much per
-point as SD 1.5, and each process of ``accelerate launch`` its own copy. A forget prompt with its
+latents, about 0.8 GB), and on disk beside the latent bank (``$ERASE_CACHE_DIR/paths``), so a later
+run with the same model, prompts and settings reads them instead of sampling: an erase after the
+first on the same retain list samples only its concept's paths. The drawing is seeded per latent,
+so a resumed run gets the same points on the CPU (on a GPU, to within float tolerance, as
+everything there). SDXL at 1024 px holds about 4× as much per point as SD 1.5, and each process
+of ``accelerate launch`` its own copy. A forget prompt with its
 own anchor prompt still needs the frozen model for the anchor's prediction.
 
 The paths are DDIM's (``--bank-steps`` steps, ``--bank-guidance``), whatever scheduler the model
@@ -30,10 +32,12 @@ import math
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from erase.xt_sources.base import Denoiser, Draw, ddim_in_range, guided
 from pipelines.conditioning import Conditioning
-from pipelines.latents import halving_on_out_of_memory
+from pipelines.files import atomic_path
+from pipelines.latents import cache_dir, halving_on_out_of_memory, read_cached, sampling_key
 from pipelines.progress import progress as progress_bar
 from prompts import InputError
 
@@ -84,10 +88,39 @@ class FrozenTrajectories:
         points = sum(len(texts) for texts in prompts.values()) * config.bank_size * len(self.stops)
         check_host_memory(points * self._point_bytes(pipe))
         self.paths = {
-            kind: self._record(pipe.unet, conditions[kind], config.bank_size, config.seed, f"{kind} paths", progress)
+            kind: self._cached_or_recorded(pipe, texts, conditions[kind], config, f"{kind} paths", progress)
             for kind, texts in prompts.items()
             if texts
         }
+
+    def _cached_or_recorded(self, pipe, texts: list[str], conditions: Conditioning, config, desc: str, progress: bool):
+        """The points of ``texts``' paths from the disk cache, as the bank's latents are (keyed by
+        the model, the prompts and every setting they depend on), else recorded and cached: an
+        erase after the first on the same model and retain list then samples only its concept's
+        paths. The ∅ input is the model's own, so the model's key covers it."""
+        key = sampling_key(
+            pipe,
+            source="trajectory",
+            prompts=texts,
+            k=config.bank_size,
+            seed=config.seed,
+            steps=config.bank_steps,
+            guidance=config.bank_guidance,
+            stops=self.stop_times.tolist(),
+            shape=list(self.shape),
+        )
+        path = cache_dir() / "paths" / f"{key}.safetensors"
+        shape = (len(texts), config.bank_size, len(self.stops), *self.shape)
+
+        def fits(tensors: dict) -> bool:
+            return set(tensors) == {"x_t", "text", "null"} and all(t.shape == shape for t in tensors.values())
+
+        if path.is_file() and (cached := read_cached(path, "trajectory points", fits)) is not None:
+            return cached
+        points = self._record(pipe.unet, conditions, config.bank_size, config.seed, desc, progress)
+        with atomic_path(path) as tmp:
+            save_file({name: tensor.contiguous() for name, tensor in points.items()}, str(tmp))
+        return points
 
     def _point_bytes(self, pipe) -> int:
         """Host bytes per point: x_t in float32, two predictions in the dtype the UNet returns
