@@ -158,10 +158,11 @@ class TrainConfig:
     x_source: Literal["bank", "sample", "trajectory"] = field(
         default="bank",
         metadata={
-            "help": "where x_t comes from: `bank` noises latents the frozen model drew once (fast); `trajectory` "
-            "takes x_t from the frozen model's own sampling paths, drawn once with its predictions there, so a "
-            "step runs no frozen forward (fastest; x_t from a finite set at the sampler's timesteps, which erased a "
-            "little less on the default model: README, Benchmarks); `sample` "
+            "help": "where x_t comes from: `bank` noises latents the frozen model drew once (fast; cached on "
+            "disk); `trajectory` takes x_t from the frozen model's own sampling paths, drawn once with its "
+            "predictions there (cached on disk too, as large as they are in memory), so a step runs no frozen "
+            "forward (fastest; x_t from a finite set at the sampler's timesteps, which erased a little less on the "
+            "default model: README, Benchmarks); `sample` "
             "samples with the model being trained down to t at every step (ESD's slow path)"
         },
     )

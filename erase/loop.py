@@ -462,8 +462,12 @@ class ErasureRun:
             loss_u = losses.negative_guidance_loss(eps_forget, batch["anchor"], batch["concept"], cfg.eta)
         else:
             loss_u = losses.anchor_loss(eps_forget, batch["anchor"])
-        loss_r = self._retain_loss(batch, eps=eps_retain[0] if eps_retain else None) if "retain" in batch else None
-        return loss_u, loss_r
+        if "retain" not in batch:
+            return loss_u, None
+        if not self.balancer.needs_retain:  # `none` only logs ℓ_r: no graph held through its backward
+            with torch.no_grad():
+                return loss_u, self._retain_loss(batch)
+        return loss_u, self._retain_loss(batch, eps=eps_retain[0] if eps_retain else None)
 
     def _joins_halves(self, forget: Conditioning, retain: Conditioning) -> bool:
         """``--joint-forward``: the forget and retain halves through the trained UNet as one call of

@@ -103,3 +103,15 @@ def test_a_run_started_without_it_is_not_resumed_with_it(tiny_pipeline_dir, reta
     with pytest.raises(InputError, match="joint_forward=False"):
         loop.ErasureRun(config(tiny_pipeline_dir, retain, out, steps=4, resume=True, joint_forward=True)).check_inputs()
     assert load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_esd_alone_runs_the_retain_half_it_only_logs_without_a_graph(tiny_pipeline_dir, retain, tmp_path):
+    """``none`` takes no gradient of ℓ_r: a graph of the retain forward would only hold memory."""
+    run = loop.ErasureRun(config(tiny_pipeline_dir, retain, tmp_path / "run", method="none"))
+    run.setup()
+    calls = trained_calls(run)
+    logs = []
+    for run.step in range(2):
+        logs.append(run.train_step())
+    assert calls == [4, 4]  # the forget half only
+    assert logs[0]["loss_retain"] == 0 < logs[1]["loss_retain"]  # logged still: at θ₀, then after a step
