@@ -232,6 +232,7 @@ def step_table(spec: dict) -> list[dict]:
             "peak_gib": round(peaks[method], 3),
             "median_step_s": round(statistics.median(times[method]), 4),
             f"vs_{methods[0]}": round(statistics.median(times[method]) / reference, 3),
+            "unet_calls_per_step": len(calls[method]) / len(times[method]),
             "step_tflop": rates[method]["step_pflop"] * 1e3 / len(times[method]),
             "tflop_per_s": rates[method]["step_tflop_per_s"],
         }

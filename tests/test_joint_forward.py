@@ -42,8 +42,10 @@ def trained_calls(run: loop.ErasureRun) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("folder", ["tiny_pipeline_dir", "tiny_sdxl_dir"])
-@pytest.mark.parametrize("method", ["weighted", "eupmu-fast", "eupmu"])
+@pytest.mark.parametrize(
+    ("folder", "method"),
+    [("tiny_pipeline_dir", "weighted"), ("tiny_pipeline_dir", "eupmu"), ("tiny_sdxl_dir", "eupmu-fast")],
+)
 def test_one_call_gives_the_two_calls_losses_and_steps(folder, method, request, retain, tmp_path):
     runs = {}
     for joint in (False, True):
