@@ -322,8 +322,7 @@ class TrainConfig:
                 "--adversarial-every encodes the attacked prompts during training, so the text encoders stay on "
                 "the accelerator: drop --offload-encoders"
             )
-        balancer = BALANCERS[self.method]
-        if self.joint_forward and not (balancer.needs_retain and balancer.backward_passes == 1):
+        if self.joint_forward and not BALANCERS[self.method].can_join_halves():
             raise InputError(
                 f"--joint-forward joins the halves of one backward of ℓ_u + λ·ℓ_r; --method {self.method} "
                 "takes ℓ_u's gradient on its own: use weighted, eupmu or eupmu-fast, or drop --joint-forward"

@@ -421,10 +421,11 @@ class ErasureRun:
             else:
                 groups.setdefault(request.conditioning().joinable(), []).append(index)
         for members in groups.values():
+            parts = [(requests[i].draw, requests[i].conditioning()) for i in members]
             with torch.no_grad():
-                parts = [(requests[i].draw, requests[i].conditioning()) for i in members]
-                for index, value in zip(members, self._epsilons(self.frozen, parts), strict=True):
-                    out[index] = value
+                values = self._epsilons(self.frozen, parts)
+            for index, value in zip(members, values, strict=True):
+                out[index] = value
         return out
 
     def _frozen_targets(self, batch: dict) -> None:

@@ -51,10 +51,15 @@ class Balancer(ABC):
     backward_passes: ClassVar[int] = 1
     constrains_update: ClassVar[bool] = False  # the loop then keeps θ before the step for it
 
-    def one_backward_of_both(self) -> bool:
-        """Whether this step's gradient is one backward of ℓ_u + λ·ℓ_r: then the loop may run the
+    @classmethod
+    def can_join_halves(cls) -> bool:
+        """Whether the method's steps are one backward of ℓ_u + λ·ℓ_r, so that the loop may run the
         forget and retain halves through the trained UNet as one call (``--joint-forward``)."""
-        return self.needs_retain and self.backward_passes == 1
+        return cls.needs_retain and cls.backward_passes == 1
+
+    def one_backward_of_both(self) -> bool:
+        """Whether *this* step is (a method may take two backward passes on some steps)."""
+        return self.can_join_halves()
 
     @property
     def probe(self) -> str:
