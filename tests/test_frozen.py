@@ -4,13 +4,11 @@ deep copy of the original, for one call and for a whole run, with only the train
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from safetensors.torch import load_file
-from tiny_models import TEXT_WIDTH, sd1_components
+from tiny_models import TEXT_WIDTH, finished_run, same_weights, sd1_components
 
 import erase.loop as loop
 import erase.params as params
@@ -68,39 +66,27 @@ def test_only_the_trained_tensors_are_kept(tokenizer):
             assert frozen.originals[name].data_ptr() != param.data_ptr()  # a copy, not the live tensor
 
 
+def _short_run(tiny_pipeline_dir, retain, output, **kw) -> TrainConfig:
+    settings = dict(steps=3, batch_size=2, bank_size=1, bank_steps=1, progress=False, learning_rate=1e-2)
+    return TrainConfig(
+        model=str(tiny_pipeline_dir), concept="a red circle", retain=str(retain), output=str(output), **settings | kw
+    )
+
+
 def test_a_run_is_bit_identical_to_one_with_a_deep_copied_frozen_unet(tiny_pipeline_dir, write, tmp_path, monkeypatch):
     retain = write("retain.txt", "a blue square\na green cat\n")
-
-    def config(name, **kw):
-        return TrainConfig(
-            model=str(tiny_pipeline_dir),
-            concept="a red circle",
-            retain=str(retain),
-            output=str(tmp_path / name),
-            steps=3,
-            batch_size=2,
-            bank_size=1,
-            bank_steps=1,
-            progress=False,
-            learning_rate=1e-2,
-            **kw,
-        )
-
-    def log(folder):
-        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in open(folder / loop.LOG_NAME)]
-
-    def weights(folder):
-        return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
-
     for method, parameters in (("eupmu", "full"), ("explicit", "xattn")):
-        new = loop.train(config(f"new-{method}", method=method, parameters=parameters))
+
+        def run(name, method=method, parameters=parameters):
+            config = _short_run(tiny_pipeline_dir, retain, tmp_path / name, method=method, parameters=parameters)
+            return finished_run(loop.train(config))
+
+        new = run(f"new-{method}")
         with monkeypatch.context() as patch:
             deep_copy = lambda unet, names: copy.deepcopy(unet).requires_grad_(False).eval()  # noqa: E731
             patch.setattr(params, "FrozenOriginal", deep_copy)
-            old = loop.train(config(f"old-{method}", method=method, parameters=parameters))
-        assert log(new) == log(old)
-        a, b = weights(new), weights(old)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+            old = run(f"old-{method}")
+        assert new[0] == old[0] and same_weights(new[1], old[1])
 
 
 class _CountingCalls:
@@ -157,31 +143,12 @@ def test_a_run_with_joined_frozen_calls_is_bit_identical_to_one_calling_them_one
     tiny_pipeline_dir, write, tmp_path, monkeypatch
 ):
     retain = write("retain.txt", "a blue square\na green cat\n")
-
-    def run(name):
-        cfg = TrainConfig(
-            model=str(tiny_pipeline_dir),
-            concept="a red circle",
-            retain=str(retain),
-            output=str(tmp_path / name),
-            steps=3,
-            batch_size=2,
-            bank_size=1,
-            bank_steps=1,
-            progress=False,
-            learning_rate=1e-2,
-        )
-        folder = loop.train(cfg)
-        lines = [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in open(folder / loop.LOG_NAME)]
-        return lines, load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
-
-    joined_log, joined = run("joined")
+    joined = finished_run(loop.train(_short_run(tiny_pipeline_dir, retain, tmp_path / "joined")))
     joint_call = loop.ErasureRun._frozen_epsilons
 
     def one_by_one(self, requests):
         return [joint_call(self, [request])[0] for request in requests]
 
     monkeypatch.setattr(loop.ErasureRun, "_frozen_epsilons", one_by_one)
-    apart_log, apart = run("apart")
-    assert joined_log == apart_log
-    assert joined.keys() == apart.keys() and all(torch.equal(joined[k], apart[k]) for k in joined)
+    apart = finished_run(loop.train(_short_run(tiny_pipeline_dir, retain, tmp_path / "apart")))
+    assert joined[0] == apart[0] and same_weights(joined[1], apart[1])

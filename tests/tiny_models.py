@@ -8,6 +8,7 @@ projection), the text-time added embedding, per-level transformer depths and Eul
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from erase.config import TrainConfig
@@ -215,3 +217,14 @@ def tiny_train_config(model, forget: Path, retain: Path, output: Path, **overrid
     """A run that takes seconds: 3 steps of 2 latents from a one-latent, one-step bank."""
     settings = dict(steps=3, batch_size=2, bank_size=1, bank_steps=1, progress=False) | overrides
     return TrainConfig(output=str(output), model=str(model), forget=str(forget), retain=str(retain), **settings)
+
+
+def finished_run(folder: Path) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """A finished run's log lines without their wall times, and its UNet weights: what two runs
+    that must be bit-identical are compared on."""
+    log = [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in open(folder / "train_log.jsonl")]
+    return log, load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
