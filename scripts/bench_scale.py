@@ -178,7 +178,7 @@ def calls_apart(method: str) -> bool:
 
 def step_table(spec: dict) -> list[dict]:
     """One group: every method's steps on one run, interleaved (the order rotates each round)."""
-    from bench_step_cost import frozen_calls_apart
+    from bench_step_cost import frozen_calls_one_by_one
     from count_flops import pipeline_call_flops, recorded_calls
 
     from erase.loop import balancer_for
@@ -193,9 +193,7 @@ def step_table(spec: dict) -> list[dict]:
         config = run.config
         configs = {m: replace(config, **method_settings(m)) for m in methods}
         balancers = {m: balancer_for(configs[m]) for m in methods}
-        joined = run._frozen_epsilons
-        frozen_calls_apart(run)
-        apart, run._frozen_epsilons = run._frozen_epsilons, joined
+        joined, apart = run._frozen_epsilons, frozen_calls_one_by_one(run)
         ahead = {m: None for m in methods}  # --retain-probe next: each method's own batch drawn ahead
         times = {m: [] for m in methods}
         peaks = {m: 0.0 for m in methods}

@@ -51,15 +51,20 @@ def variants() -> dict[str, dict]:
 APART = "frozen_calls_apart"  # a variant's key (not a TrainConfig field): the frozen targets called one by one
 
 
-def frozen_calls_apart(run: ErasureRun) -> None:
-    """Makes ``run`` call the frozen UNet once per target, as the loop did before it joined a
-    step's frozen targets into one call: the comparison point for that change."""
+def frozen_calls_one_by_one(run: ErasureRun):
+    """``run``'s frozen targets called once each, as the loop did before it joined a step's frozen
+    targets into one call: the comparison point for that change (a stand-in for
+    ``run._frozen_epsilons``)."""
     joined = ErasureRun._frozen_epsilons
 
     def one_by_one(requests):
         return [joined(run, [request])[0] for request in requests]
 
-    run._frozen_epsilons = one_by_one
+    return one_by_one
+
+
+def frozen_calls_apart(run: ErasureRun) -> None:
+    run._frozen_epsilons = frozen_calls_one_by_one(run)
 
 
 class PeakMemory:
