@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import find_executable_batch_size
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from pipelines.files import atomic_path
+from pipelines.files import as_os_error, atomic_path
+from pipelines.processes import process_state
 from pipelines.progress import progress as progress_bar
 
 
@@ -59,19 +61,50 @@ def _weights_summary(pipe) -> list[str]:
 
 
 def read_cached(path: Path, what: str, fits) -> dict[str, torch.Tensor] | None:
-    """The tensors of a cached sampling result, or None after discarding a damaged entry (cut by a
-    full disk, changed by hand) with a note: it is rebuilt, instead of breaking every later run
-    with these settings. ``fits(tensors)`` says whether the shapes are the ones asked for."""
+    """The tensors of a cached sampling result, or None, and the caller samples it again.
+
+    A damaged entry (cut by a full disk, changed by hand: safetensors cannot parse it, or its
+    shapes or values do not fit) is deleted with a note and rebuilt, instead of breaking every
+    later run with these settings. A file that could not be *read* (an I/O error on a network
+    disk) may be whole, and may be another user's on a shared ``ERASE_CACHE_DIR``: it is left
+    alone, with a note. Anything else (out of host memory loading it) is this run's problem, not
+    the file's, and propagates. ``fits(tensors)`` says whether the shapes are the ones asked for."""
     try:
         tensors = load_file(str(path))
+    except (OSError, SafetensorError) as err:
+        if (os_error := as_os_error(err)) is not None:
+            reason = os_error.strerror or type(err).__name__
+            print(f"note: could not read the cached {what} {path} ({reason}); sampling it again", file=sys.stderr)
+            return None
+        problem = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+    else:
         if fits(tensors) and all(bool(torch.isfinite(t).all()) for t in tensors.values()):
             return tensors
         problem = f"shapes {[tuple(t.shape) for t in tensors.values()]} or values do not fit"
-    except Exception as err:  # safetensors raises its own error types for a damaged file
-        problem = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
     print(f"note: the cached {what} {path} is damaged ({problem}); rebuilding it", file=sys.stderr)
     path.unlink(missing_ok=True)
     return None
+
+
+def write_cached(path: Path, what: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Keep a sampling result for later runs. Only each machine's first process writes it (every
+    process drew the same tensors, and N copies of an SDXL trajectory would need N times its
+    gigabytes at once). The cache is a saving, not an output: when it cannot be written (a full
+    disk, a read-only folder) this run goes on with the tensors it holds, and a note says where."""
+    if not process_state().is_local_main_process:
+        return
+    try:
+        with atomic_path(path) as tmp:
+            save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(tmp))
+    except (OSError, SafetensorError) as err:
+        if (os_error := as_os_error(err)) is None:
+            raise
+        reason = os_error.strerror or str(os_error)
+        print(
+            f"note: could not cache the {what} in {path.parent} ({reason}); this run goes on, and the next one "
+            "samples it again (ERASE_CACHE_DIR chooses another cache folder)",
+            file=sys.stderr,
+        )
 
 
 def sampling_key(pipe, **settings) -> str:
@@ -162,6 +195,5 @@ def generate_latents(
 
     out = sample()
     latents = torch.cat(out).reshape(len(prompts), per_prompt, *out[0].shape[1:])
-    with atomic_path(path) as tmp:
-        save_file({"latents": latents.contiguous()}, str(tmp))
+    write_cached(path, "latent bank", {"latents": latents})
     return latents

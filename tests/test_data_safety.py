@@ -129,6 +129,79 @@ def test_a_damaged_latent_bank_is_rebuilt_with_a_note(tiny_pipeline_dir, retain_
     assert all(torch.equal(a[k], b[k]) for k in a)  # the rebuilt bank is the same bank
 
 
+def test_a_cache_file_that_cannot_be_read_is_left_alone(tmp_path, monkeypatch, capsys):
+    """An I/O error says nothing about the file (it may be whole, or another user's on a shared
+    cache): it is sampled again and kept. Running out of host memory loading it is this run's
+    error and propagates; only a file safetensors cannot parse counts as damaged."""
+    from safetensors import SafetensorError
+
+    from pipelines import latents
+
+    path = tmp_path / "entry.safetensors"
+    save_file({"latents": torch.ones(2, 1)}, str(path))
+
+    def fails(error):
+        def load(_):
+            raise error
+
+        return load
+
+    io_error = SafetensorError("Error while deserializing header: I/O error: Input/output error (os error 5)")
+    monkeypatch.setattr(latents, "load_file", fails(io_error))
+    assert latents.read_cached(path, "latent bank", lambda _: True) is None
+    assert "could not read the cached latent bank" in capsys.readouterr().err and path.is_file()
+    monkeypatch.setattr(latents, "load_file", fails(RuntimeError("DefaultCPUAllocator: can't allocate memory")))
+    with pytest.raises(RuntimeError, match="allocate"):
+        latents.read_cached(path, "latent bank", lambda _: True)
+    assert path.is_file()
+    monkeypatch.setattr(
+        latents, "load_file", fails(SafetensorError("Error while deserializing header: header too large"))
+    )
+    assert latents.read_cached(path, "latent bank", lambda _: True) is None
+    assert "is damaged (Error while deserializing header: header too large)" in capsys.readouterr().err
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("x_source", ["bank", "trajectory"])
+def test_a_full_cache_disk_does_not_stop_the_run(
+    x_source, tiny_pipeline_dir, retain_file, tmp_path, monkeypatch, capsys
+):
+    """The cache saves later runs time; failing to write it must not cost this run its result.
+    safetensors reports a full disk only in its error's text."""
+    from safetensors import SafetensorError
+
+    from pipelines import latents
+
+    def disk_full(_tensors, _path):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ERASE_CACHE_DIR", str(cache))
+    monkeypatch.setattr(latents, "save_file", disk_full)
+    argv = train_argv(tiny_pipeline_dir, retain_file, tmp_path / "run", "--x-source", x_source)
+    assert main([*argv, "--steps", "1"]) == 0
+    err = capsys.readouterr().err
+    what = {"bank": "latent bank", "trajectory": "trajectory points"}[x_source]
+    assert f"could not cache the {what} in {cache}" in err and "No space left on device" in err, err
+    assert not [f for f in cache.rglob("*") if f.is_file()]  # no half-written temp file left behind
+    assert (tmp_path / "run" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_only_each_machines_first_process_writes_the_cache(tmp_path, monkeypatch):
+    """Every process draws the same bank; one copy per machine is enough."""
+    import types
+
+    from pipelines import latents
+
+    state = types.SimpleNamespace(is_local_main_process=False)
+    monkeypatch.setattr(latents, "process_state", lambda: state)
+    latents.write_cached(tmp_path / "a.safetensors", "latent bank", {"latents": torch.ones(1)})
+    assert not (tmp_path / "a.safetensors").exists()
+    state.is_local_main_process = True
+    latents.write_cached(tmp_path / "a.safetensors", "latent bank", {"latents": torch.ones(1)})
+    assert torch.equal(load_file(str(tmp_path / "a.safetensors"))["latents"], torch.ones(1))
+
+
 def test_a_delta_from_another_base_needs_force(tiny_pipeline_dir, retain_file, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(train_argv(tiny_pipeline_dir, retain_file, out)) == 0

@@ -32,12 +32,10 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from erase.xt_sources.base import Denoiser, Draw, ddim_in_range, guided
 from pipelines.conditioning import Conditioning
-from pipelines.files import atomic_path
-from pipelines.latents import cache_dir, halving_on_out_of_memory, read_cached, sampling_key
+from pipelines.latents import cache_dir, halving_on_out_of_memory, read_cached, sampling_key, write_cached
 from pipelines.progress import progress as progress_bar
 from prompts import InputError
 
@@ -118,8 +116,7 @@ class FrozenTrajectories:
         if path.is_file() and (cached := read_cached(path, "trajectory points", fits)) is not None:
             return cached
         points = self._record(pipe.unet, conditions, config.bank_size, config.seed, desc, progress)
-        with atomic_path(path) as tmp:
-            save_file({name: tensor.contiguous() for name, tensor in points.items()}, str(tmp))
+        write_cached(path, "trajectory points", points)
         return points
 
     def _point_bytes(self, pipe) -> int:
