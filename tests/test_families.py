@@ -87,8 +87,33 @@ def test_conditioning_rows_join_and_expand():
     assert len(joined) == 4 and torch.equal(joined.added["text_embeds"][:2], pooled[[0, 0]])
     assert joined.unet_kwargs()["added_cond_kwargs"]["text_embeds"].shape == (4, 2)
     assert "added_cond_kwargs" not in Conditioning(text).unet_kwargs()
-    with pytest.raises(ValueError, match="rows"):
+    with pytest.raises(ValueError, match="'text_embeds' has 2 rows, the text states 3"):
         Conditioning(text, {"text_embeds": pooled[:2]})
+    with pytest.raises(ValueError, match="not 3 rows"):
+        cond.expand(2)
+    alone = Conditioning.cat([picked])
+    assert torch.equal(alone.text, picked.text) and torch.equal(alone.added["text_embeds"], pooled[[2, 0]])
+
+
+def test_conditionings_join_only_with_the_same_text_shape_dtype_and_added_inputs():
+    """What decides which frozen predictions share one UNet call: rows of one conditioning
+    always can; another text length or width, dtype, or added input (name or width) cannot."""
+    text, pooled = torch.zeros(3, 4, 2), torch.zeros(3, 2)
+    cond = Conditioning(text, {"text_embeds": pooled})
+    assert cond[:1].joinable() == cond[1:].joinable() == cond[:1].expand(5).joinable()
+    others = [
+        Conditioning(torch.zeros(3, 5, 2), {"text_embeds": pooled}),
+        Conditioning(torch.zeros(3, 4, 3), {"text_embeds": pooled}),
+        Conditioning(text.double(), {"text_embeds": pooled}),
+        Conditioning(text, {"text_embeds": pooled.double()}),
+        Conditioning(text, {"text_embeds": torch.zeros(3, 3)}),
+        Conditioning(text, {"time_ids": pooled}),
+        Conditioning(text),
+    ]
+    keys = [cond.joinable(), *(other.joinable() for other in others)]
+    assert len(set(keys)) == len(keys)
+    with pytest.raises(ValueError, match="cannot join conditionings with different added inputs"):
+        Conditioning.cat([cond, Conditioning(text)])
 
 
 @pytest.mark.slow

@@ -13,8 +13,9 @@ from tiny_models import TEXT_WIDTH, finished_run, same_weights, sd1_components
 import erase.loop as loop
 import erase.params as params
 from erase.config import TrainConfig
-from erase.frozen import FrozenOriginal
+from erase.frozen import FrozenOriginal, FrozenRequest
 from erase.params import PARAMETER_SETS
+from pipelines.conditioning import Conditioning
 
 
 def _unet(tokenizer, dropout: float = 0.0) -> UNet2DConditionModel:
@@ -60,7 +61,13 @@ def test_only_the_trained_tensors_are_kept(tokenizer):
     frozen = FrozenOriginal(unet, names)
     assert set(frozen.originals) == names
     whole = sum(p.numel() * p.element_size() for p in unet.parameters())
-    assert 0 < frozen.nbytes() < whole / 4
+    trained = {n: p for n, p in unet.named_parameters() if n in names}
+    assert frozen.nbytes() == sum(4 * p.numel() for p in trained.values()) < whole / 4  # float32: 4 bytes each
+    frozen.hold_in(torch.bfloat16)
+    assert frozen.nbytes() == sum(2 * p.numel() for p in trained.values())
+    assert all(frozen.originals[n].dtype == torch.bfloat16 for n in names)
+    with pytest.raises(KeyError, match="not parameters of this UNet"):
+        FrozenOriginal(unet, {*names, "no.such.weight"})
     for name, param in unet.named_parameters():
         if name in names:
             assert frozen.originals[name].data_ptr() != param.data_ptr()  # a copy, not the live tensor
@@ -137,6 +144,29 @@ def test_a_steps_frozen_targets_are_one_call_giving_the_separate_calls_values(fo
     assert len({tuple(v.flatten()[:4].tolist()) for v in want.values()}) == 3  # three different predictions
     for name, value in want.items():
         assert torch.equal(batch[name], value), name
+
+
+def test_frozen_requests_that_cannot_be_joined_go_in_calls_of_their_own(tiny_pipeline_dir, write, tmp_path):
+    """A conditioning of another text length cannot be concatenated with the others: it gets its
+    own call, the joinable ones still share one, and every value lands in its request's place."""
+    retain = write("retain.txt", "a blue square\n")
+    cfg = TrainConfig(
+        model=str(tiny_pipeline_dir), concept="a red circle", retain=str(retain), output=str(tmp_path / "run"),
+        batch_size=2, bank_size=1, bank_steps=1, progress=False,
+    )  # fmt: skip
+    run = loop.ErasureRun(cfg)
+    run.setup()
+    draw = run._draw("forget", 2)
+    short = Conditioning(draw.cond.text[:, :5])  # the first five tokens only: another text length
+    requests = [FrozenRequest(draw), FrozenRequest(draw, short), FrozenRequest(draw, run.anchors[draw.rows])]
+    run.frozen = counting = _CountingCalls(run.frozen)
+    got = run._frozen_epsilons(requests)
+    assert sorted(counting.batches) == [2, 4]
+    with torch.no_grad():
+        want = [run._epsilon(counting.frozen, r.draw, r.cond) for r in requests]
+    assert not torch.equal(want[0], want[1])  # the short text changes the prediction
+    for index, (value, expected) in enumerate(zip(got, want, strict=True)):
+        assert torch.equal(value, expected), index
 
 
 def test_a_run_with_joined_frozen_calls_is_bit_identical_to_one_calling_them_one_by_one(
