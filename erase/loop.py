@@ -161,9 +161,14 @@ class ErasureRun:
             self.check_inputs()
         self.accelerator = accelerator_for(cfg.mixed_precision)
         device = self.accelerator.device
-        if cfg.mixed_precision == "fp16" and device.type == "cpu" and self.accelerator.is_main_process:
-            # accelerate has no fp16 autocast on CPU and trains in fp32: say so rather than pretend.
-            print("note: --mixed-precision fp16 has no effect on CPU (the run is fp32); bf16 does", file=sys.stderr)
+        # accelerate has no fp16 autocast on CPU and trains in fp32: say so rather than pretend, and
+        # hold no weight in fp16 either (--half-frozen), which fp32 matrix products would refuse.
+        self.fp32_anyway = cfg.mixed_precision == "fp16" and device.type == "cpu"
+        if self.fp32_anyway and self.accelerator.is_main_process:
+            also = ", nor --half-frozen" if cfg.half_frozen else ""
+            print(
+                f"note: --mixed-precision fp16 has no effect on CPU (the run is fp32){also}; bf16 does", file=sys.stderr
+            )
         if self.pipe is None:
             self.pipe = load_pipeline(
                 cfg.model, device=str(device), config=cfg.model_config, allow_pickle=cfg.allow_pickle
@@ -227,7 +232,8 @@ class ErasureRun:
         named = self.trainable.named
         self.param_names = {n for n, _ in named}
         self.frozen = self.trainable.frozen
-        self.half_frozen = HalfFrozen(unet, self.frozen, cfg.mixed_precision) if cfg.half_frozen else None
+        holds_half = cfg.half_frozen and not self.fp32_anyway
+        self.half_frozen = HalfFrozen(unet, self.frozen, cfg.mixed_precision) if holds_half else None
         optimizer = torch.optim.Adam([p for _, p in named], lr=cfg.learning_rate)
         self.unet, self.optimizer = self.accelerator.prepare(unet.train(), optimizer)
         self.params = [p for _, p in named]

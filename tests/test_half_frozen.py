@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import tiny_train_config
+from tiny_models import finished_run, same_weights, tiny_train_config
 
 import erase.loop as loop
 from erase.config import TrainConfig
@@ -89,6 +89,18 @@ class _NoOriginals:
 def test_half_frozen_needs_mixed_precision(tiny_pipeline_dir, write, tmp_path):
     with pytest.raises(InputError, match="--mixed-precision bf16"):
         _config(tiny_pipeline_dir, write, tmp_path / "run", half_frozen=True, mixed_precision="no")
+
+
+def test_fp16_on_a_cpu_holds_nothing_in_half(tiny_pipeline_dir, write, tmp_path, capsys):
+    """accelerate has no fp16 autocast on a CPU: the run is fp32, so --half-frozen must not cast
+    weights to fp16 either (fp32 matrix products would refuse them). It says so and runs the
+    plain fp32 run, bit for bit."""
+    plain = finished_run(loop.train(_config(tiny_pipeline_dir, write, tmp_path / "plain", mixed_precision="no")))
+    config = _config(tiny_pipeline_dir, write, tmp_path / "half", mixed_precision="fp16", half_frozen=True)
+    half = finished_run(loop.train(config))
+    assert "fp16 has no effect on CPU (the run is fp32), nor --half-frozen" in capsys.readouterr().err
+    assert [{k: v for k, v in line.items() if k != "skipped"} for line in half[0]] == plain[0]
+    assert same_weights(half[1], plain[1])
 
 
 def test_bank_sampled_under_autocast_is_its_own_cache_entry(tiny_pipeline_dir, tmp_path, monkeypatch):
