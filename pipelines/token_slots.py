@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import torch
 
+from pipelines.prompt_fit import room
 from prompts import InputError
 
 FILLER = "a"  # one token in every CLIP vocabulary; its embedding is overwritten
@@ -41,13 +42,24 @@ class TokenSlots:
         self.vocab_size = vocab.pop()
 
     def slotted(self, prompts: list[str]) -> list[str]:
-        """Prompts with the k fillers in front; checked to tokenise as [start, filler×k, prompt...]."""
+        """Prompts with the k fillers in front; checked to tokenise as [start, filler×k, prompt...]
+        and to fit the text encoder whole: past its limit the prompt's end would be cut silently
+        (the attack would then bring back a prompt that no longer names the concept), and more
+        slots than the encoder has positions cannot be filled at all."""
         out = [" ".join([FILLER] * self.k + [p]) for p in prompts]
         for tokenizer in self.tokenizers:
             filler = tokenizer(FILLER).input_ids[1]
-            for text in out:
-                ids = tokenizer(text).input_ids
-                if ids[1 : 1 + self.k] != [filler] * self.k:
+            limit = room(tokenizer)
+            for prompt, text in zip(prompts, out, strict=True):
+                ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids
+                if len(ids) > limit:
+                    most = self.k - len(ids) + limit
+                    fix = f"use at most {most} attack tokens, or a shorter prompt" if most > 0 else "shorten the prompt"
+                    raise InputError(
+                        f"{self.k} attack tokens in front of {prompt[:40]!r} make {len(ids)} tokens, more than the "
+                        f"{limit} the text encoder reads, so the prompt would be cut; {fix}"
+                    )
+                if ids[: self.k] != [filler] * self.k:
                     raise InputError(f"cannot place {self.k} attack tokens in front of {text!r}")
         return out
 

@@ -78,3 +78,24 @@ def test_the_unlearning_loss_takes_the_prefixed_prompts_once_a_round_has_run(
     last = [cond for step, draw, cond in seen if step == 2 and cond is not draw.cond][-1]
     expected = run.adversarial.cond.text[torch.zeros(2, dtype=torch.long)]  # one forget prompt, batch 2
     assert torch.equal(last.text, expected) and not last.text.requires_grad
+
+
+def test_prefixes_that_would_push_the_prompt_past_the_encoders_limit_are_refused(
+    tiny_pipeline_dir, retain_file, tmp_path, capsys
+):
+    """k prefix tokens plus the prompt must fit the encoder's 75 places: past them the prompt's
+    end (the concept's own words) would be cut without a word, and past 77 the slots cannot be
+    filled. "a red circle" is 3 tokens: 72 prefixes fit, 73 are refused before anything is written."""
+    from erase.cli import main
+
+    run = _run(tiny_pipeline_dir, retain_file, tmp_path, adversarial_every=1, adversarial_tokens=72)
+    assert run.adversarial.prompts == [" ".join(["a"] * 72 + ["a red circle"])]
+    capsys.readouterr()  # the set-up's loading output
+    for tokens, most in ((73, "use at most 72 attack tokens"), (80, "use at most 72 attack tokens")):
+        out = tmp_path / f"run-{tokens}"
+        argv = ["train", "--model", str(tiny_pipeline_dir), "--concept", "a red circle", "--retain", str(retain_file)]
+        argv += ["--adversarial-every", "1", "--adversarial-tokens", str(tokens), "--output", str(out)]
+        assert main([*argv, "--steps", "1", "--bank-size", "1", "--bank-steps", "1", "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"{tokens} attack tokens in front of 'a red circle'" in err and most in err, err
+        assert not out.exists()
