@@ -95,10 +95,19 @@ def resolve_prompts(config: TrainConfig, lineage: Lineage | None = None) -> tupl
         records = [PromptRecord("0", config.concept.strip(), 0)]
     else:
         records = load_prompts(config.forget)
-    anchors = {}  # first anchor given for each distinct forget prompt
+    anchors, listed = {}, set()  # first anchor given for each distinct forget prompt; those from the CSV
     for record in records:
+        if record.prompt not in anchors and record.anchor is not None:
+            listed.add(record.prompt)
         anchors.setdefault(record.prompt, config.anchor if record.anchor is None else record.anchor)
     forget = list(anchors)
+    for prompt in forget:  # CLIP reads case and spacing alike: the target would be the model's own prediction
+        if " ".join(anchors[prompt].lower().split()) == " ".join(prompt.lower().split()):
+            source = f"the anchor column of {config.forget}" if prompt in listed else "--anchor"
+            raise InputError(
+                f"{source} gives {prompt!r} itself as its anchor, so the loss would be zero and nothing erased; "
+                'give another anchor (e.g. a broader concept), or none ("" = unconditional, ESD)'
+            )
     if config.retain:
         retain = [r.prompt for r in load_prompts(config.retain)]
     elif (lineage or read_lineage(config.model)).root_is_default:  # the default model, or a run erased from it

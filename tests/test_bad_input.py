@@ -73,6 +73,13 @@ CASES = [
     ("train-forget-mis-encoded", TRAIN + ["--forget", "{bad}/latin1.txt"], "not UTF-8 text"),
     ("train-forget-malformed-csv", TRAIN + ["--forget", "{bad}/quote.csv"], "quote.csv"),
     ("train-forget-csv-no-prompt-column", TRAIN + ["--forget", "{bad}/noprompt.csv"], "no prompt column"),
+    # an anchor that is the prompt itself: the loss is zero from the start and nothing is erased
+    (
+        "train-anchor-is-the-concept",
+        TRAIN + ["--concept", "a red circle", "--anchor", "A red  circle"],
+        "itself as its",
+    ),
+    ("train-csv-anchor-is-the-prompt", TRAIN + ["--forget", "{bad}/self-anchor.csv"], "anchor column of"),
     ("train-forget-csv-misspelt-column", TRAIN + ["--forget", "{bad}/typo.csv"], "did you mean 'evaluation_seed'?"),
     ("train-retain-missing", TRAIN + ["--concept", "x", "--retain", "{bad}/gone.txt"], "gone.txt"),
     # erase train: the concept
@@ -298,6 +305,8 @@ def places(tiny_pipeline_dir, tmp_path_factory) -> dict[str, Path]:
         "empty.txt": "# only a comment\n\n",
         "quote.csv": 'case_number,prompt,evaluation_seed\n1,"an unclosed quote,3\n',
         "noprompt.csv": "case_number,evaluation_seed\n1,3\n",
+        "self-anchor.csv": "case_number,prompt,evaluation_seed,anchor\n1,a blue cat,1,a cat\n"
+        "2,a red circle,2,a red circle\n",
         "typo.csv": "case_number,prompt,evaluation_sed\n1,a red circle,3\n",
         "labels.csv": "case_number,prompt,evaluation_seed,class\n1,a red circle,1,circle\n2,a blue square,2,square\n",
         "digits.csv": "case_number,prompt,evaluation_seed,class\n1,a red drawing of the digit three,1,three\n"
