@@ -178,6 +178,14 @@ class ErasureRun:
             print(
                 f"note: --mixed-precision fp16 has no effect on CPU (the run is fp32){also}; bf16 does", file=sys.stderr
             )
+        share = cfg.retain_unconditional * cfg.batch_size
+        if self.retain_prompts and share != round(share) and self.accelerator.is_main_process:
+            rows = self._unconditional_rows()
+            print(
+                f"note: --retain-unconditional {cfg.retain_unconditional:g} of --batch-size {cfg.batch_size} is "
+                f"{share:g} rows; each retain batch takes {rows} with ∅ (a share of {rows / cfg.batch_size:g})",
+                file=sys.stderr,
+            )
         if self.pipe is None:
             self.pipe = load_pipeline(
                 cfg.model, device=str(device), config=cfg.model_config, allow_pickle=cfg.allow_pickle

@@ -827,3 +827,20 @@ def test_resuming_a_run_from_before_the_retain_defaults_keeps_its_settings(
     assert main(flags) == 2
     assert "(--retain-focus 0.0 --retain-unconditional 0.0)" in capsys.readouterr().err  # both, in one line
     assert main([*flags, "--retain-unconditional", "0", "--retain-focus", "0"]) == 0
+
+
+def test_a_share_of_unconditional_rows_that_is_not_whole_rows_is_named(
+    tiny_pipeline_dir, retain_file, tmp_path, capsys
+):
+    """--retain-unconditional 0.5 of a batch of 1 or 3 is half a row: the run takes the rounded
+    count every step and says how many, rather than leave a batch-1 run silently without ∅ rows."""
+    for batch, note in (
+        (1, "is 0.5 rows; each retain batch takes 0 with ∅ (a share of 0)"),
+        (3, "takes 2 with ∅"),
+        (2, ""),
+    ):
+        run = loop.ErasureRun(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / f"b{batch}", batch_size=batch))
+        run.setup()
+        err = capsys.readouterr().err
+        assert (note in err) if note else "--retain-unconditional" not in err, err
+        assert run._unconditional_rows() == {1: 0, 2: 1, 3: 2}[batch]
