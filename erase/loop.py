@@ -178,14 +178,6 @@ class ErasureRun:
             print(
                 f"note: --mixed-precision fp16 has no effect on CPU (the run is fp32){also}; bf16 does", file=sys.stderr
             )
-        share = cfg.retain_unconditional * cfg.batch_size
-        if self.retain_prompts and share != round(share) and self.accelerator.is_main_process:
-            rows = self._unconditional_rows()
-            print(
-                f"note: --retain-unconditional {cfg.retain_unconditional:g} of --batch-size {cfg.batch_size} is "
-                f"{share:g} rows; each retain batch takes {rows} with ∅ (a share of {rows / cfg.batch_size:g})",
-                file=sys.stderr,
-            )
         if self.pipe is None:
             self.pipe = load_pipeline(
                 cfg.model, device=str(device), config=cfg.model_config, allow_pickle=cfg.allow_pickle
@@ -681,6 +673,7 @@ class ErasureRun:
     def train(self) -> Path:
         cfg = self.config
         acc = self.accelerator
+        self._note_rounded_share()
         log_path = self.output / LOG_NAME
         committed = False
         bar = progress(
@@ -717,6 +710,19 @@ class ErasureRun:
             self._save_pipeline()
         acc.wait_for_everyone()  # every process returns a complete run folder
         return self.output
+
+    def _note_rounded_share(self) -> None:
+        """Once every check has passed: a --retain-unconditional share that is not whole rows of the
+        batch (0.5 of a batch of 1 is no ∅ row at all) is rounded, and the user should know to what."""
+        cfg = self.config
+        share = cfg.retain_unconditional * cfg.batch_size
+        if self.retain_prompts and share != round(share) and self.accelerator.is_main_process:
+            rows = self._unconditional_rows()
+            print(
+                f"note: --retain-unconditional {cfg.retain_unconditional:g} of --batch-size {cfg.batch_size} is "
+                f"{share:g} rows; each retain batch takes {rows} with ∅ (a share of {rows / cfg.batch_size:g})",
+                file=sys.stderr,
+            )
 
     def _record_calibration(self, log: dict) -> None:
         """λ's calibrated rate and start go into the run's config as well as its log: they are

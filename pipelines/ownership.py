@@ -6,7 +6,9 @@ created in it. A name is recorded *before* it is first written, so a kill betwee
 a recorded name without a file, never a file of ours that the marker does not know.
 
 - ``--overwrite`` deletes only recorded names, never the folder, so anything else a user put
-  there stays.
+  there stays. A subfolder moved in whole (a pipeline's ``unet/``) has its files recorded too:
+  a file a user put inside it makes the command refuse, before anything is deleted, rather than
+  go with the subfolder.
 - The clean-up after a killed writer deletes only temporary names of recorded names
   (``.NAME.XXXXXXXX.tmp`` / ``.old``), at the top of the folder and of its recorded subfolders,
   never deeper.
@@ -64,6 +66,11 @@ def read_marker(path: Path) -> dict:
             raise ValueError("unknown format")
         for name in names:
             _check_name(name)
+        files = record.get("files", {})
+        if not isinstance(files, dict) or not all(
+            isinstance(inside, list) and all(isinstance(f, str) for f in inside) for inside in files.values()
+        ):
+            raise ValueError("unknown format")
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise InputError(
             f"{marker} is damaged, so which files in {path} erase wrote is unknown; move out what you want "
@@ -80,6 +87,7 @@ class OwnedFolder:
     kind: str
     names: list[str] = field(default_factory=list)
     marked: bool = False  # the marker is on disk
+    files: dict[str, list[str]] = field(default_factory=dict)  # recorded subfolder → the files erase put in it
 
     @classmethod
     def inspect(cls, path: str | Path, kind: str, option: str = "--output") -> OwnedFolder:
@@ -102,7 +110,7 @@ class OwnedFolder:
         record = read_marker(path)
         if record["kind"] != kind:
             raise InputError(f"{option} {path} holds {KINDS[record['kind']]}, not {KINDS[kind]}; choose another folder")
-        return cls(path, kind, list(record["names"]), True)
+        return cls(path, kind, list(record["names"]), True, dict(record.get("files", {})))
 
     def owns(self, name: str) -> bool:
         return name in self.names
@@ -119,6 +127,28 @@ class OwnedFolder:
                 f"{option} {self.path} already holds {_shown(found)}, which erase did not write and would "
                 "replace; move it away or choose another folder"
             )
+        self.refuse_strays(names, option)
+
+    def strays(self, names: list[str]) -> list[str]:
+        """Files inside those of ``names`` that are recorded subfolders, which erase did not put
+        there (a user's notes in an exported ``unet/``): replacing the subfolder would take them."""
+        found = []
+        for name in names:
+            folder = self.path / name
+            if name not in self.files or folder.is_symlink() or not folder.is_dir():
+                continue
+            ours = set(self.files[name])
+            inside = (p for p in folder.rglob("*") if p.is_symlink() or not p.is_dir())
+            found += [f"{name}/{rel}" for p in inside if (rel := p.relative_to(folder).as_posix()) not in ours]
+        return sorted(found)
+
+    def refuse_strays(self, names: list[str], option: str = "--output") -> None:
+        found = self.strays(names)
+        if found:
+            raise InputError(
+                f"{option} {self.path} holds {_shown(found)} inside a folder erase wrote; erase did not write "
+                "it, and replacing the folder would delete it: move it away or choose another folder"
+            )
 
     def claim(self, names: list[str], option: str = "--output") -> None:
         """Record ``names`` as ours before they are first written (write-ahead)."""
@@ -132,6 +162,7 @@ class OwnedFolder:
     def remove(self, names: list[str] | None = None) -> int:
         """Delete recorded names (all of them by default) and forget them; returns how many existed."""
         chosen = list(self.names) if names is None else names
+        self.refuse_strays(chosen)  # before anything goes
         removed = sum(self._delete(name) for name in chosen)
         self._write([n for n in self.names if n not in chosen])
         return removed
@@ -141,7 +172,19 @@ class OwnedFolder:
         our entries of the same names; returns their names. ``last`` (model_index.json) is removed
         first and put back last, so the folder is loadable only when it is whole again."""
         items = sorted(staged.iterdir(), key=lambda p: p.name == last)
+        self.refuse_strays([item.name for item in items])
         self.claim([item.name for item in items])
+        contents = {
+            item.name: sorted(
+                p.relative_to(item).as_posix() for p in item.rglob("*") if p.is_symlink() or not p.is_dir()
+            )
+            for item in items
+            if item.is_dir() and not item.is_symlink()
+        }
+        # Recorded before the move (write-ahead), as the names are: a kill in between leaves a
+        # record of files not yet there, never files the record does not know.
+        self.files = self.files | contents
+        self._write(self.names)
         if last is not None:
             self._delete(last)
         for item in items:
@@ -195,8 +238,10 @@ class OwnedFolder:
         return removed
 
     def _write(self, names: list[str]) -> None:
-        write_json_atomic(self.path / MARKER_NAME, {"format": MARKER_FORMAT, "kind": self.kind, "names": names})
-        self.names, self.marked = names, True
+        files = {name: inside for name, inside in self.files.items() if name in names}
+        record = {"format": MARKER_FORMAT, "kind": self.kind, "names": names} | ({"files": files} if files else {})
+        write_json_atomic(self.path / MARKER_NAME, record)
+        self.names, self.marked, self.files = names, True, files
 
 
 def pipeline_entries(pipe) -> list[str]:

@@ -225,21 +225,29 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_pipeline_dir, ret
     assert configs[0].get("calibrated") == configs[1].get("calibrated")  # recorded before the kill, kept
 
 
-def test_an_anchor_equal_to_the_prompt_gives_zero_forget_loss(tiny_pipeline_dir, retain_file, tmp_path, write):
-    """The per-prompt anchor replaces ∅ in the negative-guidance target: anchored to itself, the
-    target is the frozen prediction, which the untrained UNet matches exactly at step 1."""
+def test_the_anchor_takes_the_place_of_the_unconditional_input_in_the_target(
+    tiny_pipeline_dir, retain_file, tmp_path, write
+):
+    """A forget CSV's anchor column overrides --anchor per prompt, and the anchor replaces ∅ in
+    the negative-guidance target: anchored to itself (refused as input, tests/test_bad_input.py;
+    set here on the run), the target is the frozen prediction, which the untrained UNet matches
+    exactly at step 1."""
     forget = write(
-        "f.csv", "case_number,prompt,evaluation_seed,anchor\n1,a red circle,1,a red circle\n2,a red cat,2,\n"
+        "f.csv", "case_number,prompt,evaluation_seed,anchor\n1,a red circle,1,a red square\n2,a red cat,2,\n"
     )
     assert loop.resolve_prompts(
         tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "x", concept=None, forget=str(forget), anchor="a cat")
-    )[:2] == (["a red circle", "a red cat"], ["a red circle", "a cat"])
-    runs = {}
-    for name, anchor in (("self", "a red circle"), ("null", "")):
-        out = loop.train(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / name, anchor=anchor, steps=1))
-        runs[name] = json.loads((out / "train_log.jsonl").read_text().splitlines()[0])["loss_forget"]
-        assert json.loads((out / "train_config.json").read_text())["anchor_prompts"] == [anchor]
-    assert runs["self"] == 0.0 and runs["null"] > 0
+    )[:2] == (["a red circle", "a red cat"], ["a red square", "a cat"])
+    losses = {}
+    for name, anchor in (("self", ""), ("null", ""), ("other", "a blue cat")):
+        run = _ready_run(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / name, anchor=anchor, steps=1))
+        if name == "self":
+            run.anchors = run.conditions["forget"]
+        run.step = 0
+        losses[name] = run.train_step()["loss_forget"]
+    assert losses["self"] == 0.0 and losses["null"] > 0 and losses["other"] > 0 and losses["other"] != losses["null"]
+    out = loop.train(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / "run", anchor="a blue cat", steps=1))
+    assert json.loads((out / "train_config.json").read_text())["anchor_prompts"] == ["a blue cat"]
 
 
 def test_sample_to_t_path_uses_sampler_timesteps_in_range_and_no_bank(tiny_pipeline_dir, retain_file, tmp_path):
@@ -841,6 +849,8 @@ def test_a_share_of_unconditional_rows_that_is_not_whole_rows_is_named(
     ):
         run = loop.ErasureRun(tiny_config(tiny_pipeline_dir, retain_file, tmp_path / f"b{batch}", batch_size=batch))
         run.setup()
+        assert "--retain-unconditional" not in capsys.readouterr().err  # said once the checks have passed
+        run.train()
         err = capsys.readouterr().err
         assert (note in err) if note else "--retain-unconditional" not in err, err
         assert run._unconditional_rows() == {1: 0, 2: 1, 3: 2}[batch]
