@@ -276,6 +276,30 @@ def _interrupt(argv: list[str], env: dict, when) -> tuple[int, str]:
     return process.returncode, err.strip()
 
 
+def test_an_interrupted_sweep_names_the_command_that_continues_it(tmp_path, monkeypatch, capsys):
+    """Once the sweep has written its folder, continuing it needs --resume (the same command is
+    refused: the folder holds a sweep); before that, the same command."""
+    import erase.sweep
+
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--concept", "a red circle", "--output", str(out), "--grid", "none"]
+
+    def interrupted(writes: bool):
+        def run_sweep(sweep, train):
+            if writes:
+                OwnedFolder.inspect(out, "sweep").claim(["sweep.json"])
+            raise KeyboardInterrupt
+
+        return run_sweep
+
+    for writes in (False, True):
+        monkeypatch.setattr(erase.sweep, "run_sweep", interrupted(writes))
+        assert main(argv) == 130
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("erase sweep: interrupted; to continue, run: erase sweep --concept"), err
+        assert ("--resume" in err) == writes, err
+
+
 @pytest.mark.slow
 def test_ctrl_c_exits_130_with_one_line_and_the_resume_command(tiny_pipeline_dir, retain_file, tmp_path):
     """SIGINT during start-up (importing torch) and during the run: exit 130, one line, and the

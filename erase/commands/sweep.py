@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 
+from erase.commands.train import marker_time
+from erase.commands.train import resume_argv as resume_argv  # the same rule: --resume once the folder is written
 from erase.config import TrainConfig
 from erase.config_args import add_dataclass_arguments, dataclass_from_args, read_config_file
 from erase.sweep import PER_POINT, SweepConfig
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         if name in train:
             raise InputError(f"--config {args.config}: {name!r} is set by the sweep per run; remove it")
     train |= {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and k not in PER_POINT}
+    args.marker_before = marker_time(sweep.output)  # for resume_argv
     front = run_sweep(sweep, train)
     if front:
         on_front = [p["point"] for p in front["points"] if p["on_front"]]

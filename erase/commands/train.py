@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if is_main_process():
         for note in unread_settings(config, given):
             print(note, file=sys.stderr)
-    args.output, args.marker_before = config.output, _marker_time(config.output)  # for resume_argv
+    args.output, args.marker_before = config.output, marker_time(config.output)  # for resume_argv
     check_outside(config.output, {"--config": args.config})
     output = train(config)
     if not is_main_process():
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _marker_time(output: str | Path) -> tuple[int, int] | None:
+def marker_time(output: str | Path) -> tuple[int, int] | None:
     """The marker's identity: every rewrite is a new file (written aside, then renamed)."""
     try:
         info = (Path(output) / MARKER_NAME).stat()
@@ -64,7 +64,7 @@ def resume_argv(args: argparse.Namespace, argv: list[str]) -> list[str]:
     afresh; before that, the same command."""
     if not hasattr(args, "marker_before"):  # interrupted before the config was read
         return argv
-    now = _marker_time(args.output)
+    now = marker_time(args.output)
     if now is None or now == args.marker_before:
         return argv
     return [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
