@@ -65,8 +65,9 @@ def infer_erased(forget_prompts: Iterable[str], records) -> list[Concept]:
     A label is erased when the forget list holds every evaluation prompt that has it (all four
     styles of three → class three; every red digit → style red; three and seven → both), unless
     the other erased labels already cover all its prompts. When no
-    label is covered whole (one red three), the labels all forget prompts share form a single
-    concept (red threes). Forget prompts the evaluation list lacks are ignored."""
+    label is covered whole (one red three), each forget prompt's own labels form a concept (red
+    threes; red threes and red fives for two such prompts: not "red", which would count the red
+    digits nobody erased as failures). Forget prompts the evaluation list lacks are ignored."""
     ordered = list(dict.fromkeys(forget_prompts))  # concepts come out in the forget list's order
     forget = set(ordered)
     by_prompt = {r.prompt: r.labels for r in records}
@@ -88,14 +89,13 @@ def infer_erased(forget_prompts: Iterable[str], records) -> list[Concept]:
             del covered[key]
     if covered:
         return [{axis: label} for axis, label in covered]
-    shared = {axis: matched[0][axis] for axis in AXES if axis in matched[0]}
-    concept = {axis: label for axis, label in shared.items() if all(m.get(axis) == label for m in matched)}
-    if not concept:
+    concepts = [dict(labels) for labels in dict.fromkeys(tuple((a, m[a]) for a in AXES if a in m) for m in matched)]
+    if not all(concepts):
         raise InputError(
-            "the run's forget prompts share no class or style label of the evaluation list and cover none whole, "
-            "so what was erased is unknown; give --erased (e.g. class=three)"
+            "a forget prompt of the run has no class or style label in the evaluation list, and none is covered "
+            "whole, so what was erased is unknown; give --erased (e.g. class=three)"
         )
-    return [concept]
+    return concepts
 
 
 def check_erased(concepts: list[Concept], labels: dict[str, list[str]], prompts: str, rows: list[dict]) -> None:

@@ -73,8 +73,26 @@ def test_the_erased_concept_is_what_every_forget_prompt_shares():
     seven = [r.prompt for r in load_prompts("default/classes/seven-forget")]
     assert infer_erased(three + seven, digits) == [{"class": "three"}, {"class": "seven"}]
     assert infer_erased(three + red, digits) == [{"class": "three"}, {"style": "red"}]
-    with pytest.raises(InputError, match="share no class or style"):  # nothing covered whole, nothing shared
-        infer_erased(three[:1] + seven[:2], digits)
+    # nothing covered whole: each prompt's own labels, not the label they share (plain), which would
+    # count the plain digits nobody erased as failures
+    assert infer_erased(three[:1] + seven[:1], digits) == [
+        {"class": "three", "style": "plain"},
+        {"class": "seven", "style": "plain"},
+    ]
+    assert infer_erased(three[:1] + three[:1] + seven[:2], digits) == [
+        {"class": "three", "style": "plain"},
+        {"class": "seven", "style": "plain"},
+        {"class": "seven", "style": "inverted"},
+    ]
+
+
+def test_forget_prompts_with_the_same_labels_are_one_concept(write):
+    rows = ["a red three,three,red", "a crimson three,three,red", "a blue three,three,blue", "a red five,five,red"]
+    csv = "case_number,prompt,evaluation_seed,class,style\n" + "".join(
+        f"{i},{prompt},{i},{labels}\n" for i, (prompt, labels) in enumerate(r.split(",", 1) for r in rows)
+    )
+    records = load_prompts(str(write("labels.csv", csv)))
+    assert infer_erased(["a red three", "a crimson three"], records) == [{"class": "three", "style": "red"}]
 
 
 def test_erased_flag_names_one_or_several_concepts():
