@@ -88,7 +88,7 @@ def test_conditioning_rows_join_and_expand():
     assert joined.unet_kwargs()["added_cond_kwargs"]["text_embeds"].shape == (4, 2)
     assert "added_cond_kwargs" not in Conditioning(text).unet_kwargs()
     with pytest.raises(ValueError, match="'text_embeds' has 2 rows, the text states 3"):
-        Conditioning(text, {"text_embeds": pooled[:2]})
+        Conditioning(text, {"text_embeds": torch.zeros(2, 5)})
     with pytest.raises(ValueError, match="not 3 rows"):
         cond.expand(2)
     alone = Conditioning.cat([picked])
@@ -112,7 +112,7 @@ def test_conditionings_join_only_with_the_same_text_shape_dtype_and_added_inputs
     ]
     keys = [cond.joinable(), *(other.joinable() for other in others)]
     assert len(set(keys)) == len(keys)
-    with pytest.raises(ValueError, match="cannot join conditionings with different added inputs"):
+    with pytest.raises(ValueError, match="^cannot join conditionings with different added inputs$"):
         Conditioning.cat([cond, Conditioning(text)])
 
 
