@@ -95,19 +95,17 @@ def resolve_prompts(config: TrainConfig, lineage: Lineage | None = None) -> tupl
         records = [PromptRecord("0", config.concept.strip(), 0)]
     else:
         records = load_prompts(config.forget)
-    anchors, listed = {}, set()  # first anchor given for each distinct forget prompt; those from the CSV
+    anchors = {}  # first anchor given for each distinct forget prompt
     for record in records:
-        if record.prompt not in anchors and record.anchor is not None:
-            listed.add(record.prompt)
-        anchors.setdefault(record.prompt, config.anchor if record.anchor is None else record.anchor)
-    forget = list(anchors)
-    for prompt in forget:  # CLIP reads case and spacing alike: the target would be the model's own prediction
-        if " ".join(anchors[prompt].lower().split()) == " ".join(prompt.lower().split()):
-            source = f"the anchor column of {config.forget}" if prompt in listed else "--anchor"
+        anchor = config.anchor if record.anchor is None else record.anchor
+        if _as_read(anchor) == _as_read(record.prompt):  # the target would be the model's own prediction
+            source = "--anchor" if record.anchor is None else f"the anchor column of {config.forget}"
             raise InputError(
-                f"{source} gives {prompt!r} itself as its anchor, so the loss would be zero and nothing erased; "
-                'give another anchor (e.g. a broader concept), or none ("" = unconditional, ESD)'
+                f"{source} gives {record.prompt!r} itself as its anchor, so the loss would be zero and nothing "
+                'erased; give another anchor (e.g. a broader concept), or none ("" = unconditional, ESD)'
             )
+        anchors.setdefault(record.prompt, anchor)
+    forget = list(anchors)
     if config.retain:
         retain = [r.prompt for r in load_prompts(config.retain)]
     elif (lineage or read_lineage(config.model)).root_is_default:  # the default model, or a run erased from it
@@ -122,6 +120,11 @@ def resolve_prompts(config: TrainConfig, lineage: Lineage | None = None) -> tupl
             "or use --method none"
         )
     return forget, [anchors[p] for p in forget], retain
+
+
+def _as_read(prompt: str) -> str:
+    """A prompt as CLIP's tokenizer reads it: case and runs of spaces make no difference."""
+    return " ".join(prompt.lower().split())
 
 
 class ErasureRun:
