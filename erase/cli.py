@@ -123,11 +123,9 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as err:  # the disk, not the input: full, read-only, not permitted; or memory
         if _out_of_memory(err):
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-            print(
-                f"erase {args.command}: error: out of memory ({first}); "
-                f"{_MEMORY_HINTS.get(args.command, _MEMORY_HINT)}",
-                file=sys.stderr,
-            )
+            problem = getattr(err, "problem", first)  # pipelines.latents.OutOfMemoryWithFix names its own
+            fix = getattr(err, "fix", None) or _MEMORY_HINTS.get(args.command, _MEMORY_HINT)
+            print(f"erase {args.command}: error: out of memory ({problem}); {fix}", file=sys.stderr)
             return 2
         os_error = as_os_error(err)  # an OSError, or one that safetensors reports as its own type
         if os_error is None:
@@ -148,7 +146,7 @@ def _out_of_memory(err: BaseException) -> bool:
     text = str(err)
     return (
         isinstance(err, MemoryError)
-        or type(err).__name__ == "OutOfMemoryError"
+        or any(kind.__name__ == "OutOfMemoryError" for kind in type(err).__mro__)  # subclasses too
         or (isinstance(err, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text))
     )
 

@@ -8,6 +8,7 @@ run with the same inputs starts at once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -128,10 +129,23 @@ def sampling_key(pipe, **settings) -> str:
     ).hexdigest()[:24]
 
 
-def halving_on_out_of_memory(start: int):
+class OutOfMemoryWithFix(torch.OutOfMemoryError):
+    """Out of memory where the usual levers (batch size, checkpointing) do not help: it carries
+    its own problem and fix, which `erase`'s one-line message prints instead of the command's."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"{problem}; {fix}")
+        self.problem, self.fix = problem, fix
+
+
+def halving_on_out_of_memory(start: int, what: str = "the latent bank"):
     """accelerate's ``find_executable_batch_size`` from ``start``, halving the batch each time the
     accelerator runs out of memory (its own default takes only 10% off): SDXL at 1024 px does not
-    fit 32 images with guidance on every GPU. The decorated function takes the batch size."""
+    fit 32 images with guidance on every GPU. The decorated function takes the batch size.
+
+    When not even one image fits, accelerate says only "No executable batch size found, reached
+    zero"; that ends here as an out-of-memory error naming ``what`` and the disk cache, which is
+    the one way round it (measured: SDXL's bank in fp32 did not fit a 16 GB cap at batch 1)."""
     size = start
 
     def halve() -> int:
@@ -139,7 +153,27 @@ def halving_on_out_of_memory(start: int):
         size //= 2
         return size
 
-    return find_executable_batch_size(starting_batch_size=start, reduce_batch_size_fn=halve)
+    halving = find_executable_batch_size(starting_batch_size=start, reduce_batch_size_fn=halve)
+
+    def decorate(function):
+        retried = halving(function)
+
+        @functools.wraps(function)
+        def sample(*args, **kwargs):
+            try:
+                return retried(*args, **kwargs)
+            except RuntimeError as err:
+                if size > 0 or "No executable batch size found" not in str(err):
+                    raise
+                raise OutOfMemoryWithFix(
+                    f"{what} does not fit even one image at a time",
+                    f"sample it once on an accelerator with more memory: it is cached in {cache_dir()} "
+                    "(ERASE_CACHE_DIR) and reused by every run of the same model, prompts and settings",
+                ) from None
+
+        return sample
+
+    return decorate
 
 
 def _autocast_dtype(device_type: str) -> str | None:

@@ -114,6 +114,12 @@ def _pipeline(spec: dict):
         params.FrozenOriginal = DeepCopy
     build = tiny_pipeline if spec["smoke"] else random_pipeline
     pipe = build(BY_CONFIG[spec["family"]], device, torch.float32)
+    if spec.get("memory_cap_gb") and device == "cuda":
+        # A smaller card, emulated: torch's allocator refuses past the cap as the card would (the CUDA
+        # context's few hundred MB are not counted), so the bank's halving and the step's
+        # out-of-memory message behave as they would there.
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, spec["memory_cap_gb"] * 1e9 / total))
     return pipe, device
 
 
@@ -323,7 +329,7 @@ def end_to_end(spec: dict) -> list[dict]:
         train_s, train_peak = time.perf_counter() - begin, peak_gib(device)
         seconds = [json.loads(line)["seconds"] for line in (Path(tmp) / "run" / LOG_NAME).read_text().splitlines()]
     return [
-        {k: spec[k] for k in ("family", "parameters", "method", "checkpointing", "half_frozen")}
+        {k: spec[k] for k in ("family", "parameters", "method", "checkpointing", "half_frozen", "memory_cap_gb")}
         | {
             "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
             "steps": config.steps,
@@ -444,6 +450,12 @@ def main() -> None:
         default=None,
         help="the method of --e2e and --profile (default: erase train's; +joint, +apart as in --methods)",
     )
+    parser.add_argument(
+        "--memory-cap-gb",
+        type=float,
+        default=None,
+        help="CUDA: let torch's allocator use at most this many GB (10^9 bytes), as on a smaller card",
+    )
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="--e2e: erase train settings")
     parser.add_argument("--profile", action="store_true", help="where a step's time goes, instead")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks this script only")
@@ -481,6 +493,7 @@ def main() -> None:
                 e2e=args.e2e,
                 profile=args.profile,
                 set=args.set,
+                memory_cap_gb=args.memory_cap_gb,
             )
             for record in _in_process(spec, failures):
                 records.append(record)
@@ -540,6 +553,7 @@ def _levers(r: dict) -> str:
         ("frozen copy", r.get("frozen") == "copy"),
         ("ckpt", r.get("checkpointing")),
         ("half", r.get("half_frozen")),
+        (f"cap {r.get('memory_cap_gb')} GB", r.get("memory_cap_gb")),
     ]
     return ", ".join(n for n, on in names if on) or "–"
 

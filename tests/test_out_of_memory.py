@@ -4,6 +4,7 @@ written. (Found on a GPU: SDXL at the default --batch-size 16 does not fit 140 G
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import erase.loop as loop
@@ -56,3 +57,43 @@ def test_a_step_that_does_not_fit_names_the_levers(tiny_pipeline_dir, write, tmp
     assert len(err) == 1 and "out of memory" in err[0], err
     assert all(lever in err[0] for lever in ("--batch-size", "--gradient-checkpointing", "--half-frozen")), err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_bank_that_does_not_fit_one_image_ends_in_one_line_naming_the_cache(
+    tiny_pipeline_dir, write, tmp_path, monkeypatch, capsys
+):
+    """Found on a GPU: SDXL's bank under a 16 GB cap failed at batch 1 with accelerate's bare
+    "No executable batch size found, reached zero" and a traceback. Lowering --batch-size or
+    checkpointing does not help there; the bank's disk cache does."""
+    monkeypatch.setenv("ERASE_CACHE_DIR", str(tmp_path / "cache"))
+    pipe = load_pipeline(str(tiny_pipeline_dir), device="cpu")
+    calls = []
+
+    def never_fits(self, prompt, **kwargs):
+        calls.append(len(prompt))
+        raise torch.OutOfMemoryError(CUDA_OOM)
+
+    monkeypatch.setattr(type(pipe), "__call__", never_fits)
+    retain = write("retain.txt", "a blue square\n")
+    argv = ["train", "--model", str(tiny_pipeline_dir), "--concept", "a red circle", "--retain", str(retain)]
+    argv += ["--bank-size", "2", "--bank-steps", "1", "--output", str(tmp_path / "run"), "--no-progress"]
+    assert main(argv) == 2
+    assert calls == [2, 2, 2, 2, 2, 1]  # the forget bank's 2 images at 32, 16, 8, 4, 2, then 1, then given up
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "out of memory (the latent bank does not fit even one image at a time)" in err[0], err
+    assert str(tmp_path / "cache") in err[0] and "--batch-size" not in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bank_error_other_than_memory_is_not_reported_as_memory(tiny_pipeline_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ERASE_CACHE_DIR", str(tmp_path / "cache"))
+    pipe = load_pipeline(str(tiny_pipeline_dir), device="cpu")
+
+    def broken(self, prompt, **kwargs):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(type(pipe), "__call__", broken)
+    with pytest.raises(RuntimeError, match="something else") as caught:
+        generate_latents(pipe, ["a red circle"], per_prompt=1, seed=0, steps=1, guidance=5.0, progress=False)
+    assert not isinstance(caught.value, torch.OutOfMemoryError)

@@ -136,7 +136,7 @@ class FrozenTrajectories:
         last = self.stops[-1]
         keep = set(self.stops)
 
-        @halving_on_out_of_memory(SAMPLE_BATCH)
+        @halving_on_out_of_memory(SAMPLE_BATCH, "the frozen trajectory")
         def sample(batch: int) -> dict[str, torch.Tensor]:
             out = {}  # filled in place chunk by chunk: joining chunks at the end held everything twice
             bar = progress_bar(len(jobs), desc, unit="path", enabled=progress)
