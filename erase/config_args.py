@@ -42,7 +42,8 @@ def add_dataclass_arguments(
         kwargs: dict[str, Any] = {"dest": field.name, "help": field.metadata.get("help", "")}
         has_default = field.default is not dataclasses.MISSING
         if hint is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction if field.default else "store_true"
+            # a switch that may be on by default (True, or None: decided by other settings) can be turned off
+            kwargs["action"] = "store_true" if field.default is False else argparse.BooleanOptionalAction
             kwargs["default"] = argparse.SUPPRESS if layered else field.default
         else:
             if typing.get_origin(hint) is Literal:

@@ -16,7 +16,7 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -68,9 +68,12 @@ _RESUME_MAY_CHANGE = {
 
 
 def _as_flag(name: str, value) -> str:
-    """How a setting is given on the command line, for messages (the compared switches all
-    default to off, so "without" the flag is how a False or None one is given)."""
+    """How a setting is given on the command line, for messages: "without" the flag for its
+    default or None, ``--no-…`` for a switch turned off whose default is not off."""
     flag = f"--{name.replace('_', '-')}"
+    default = next((f.default for f in fields(TrainConfig) if f.name == name), None)
+    if value is False and default is not False:
+        return f"--no-{flag[2:]}"
     if value is None or value is False:
         return f"without {flag}"
     return flag if value is True else f"{flag} {shlex.quote(str(value))}"
@@ -493,7 +496,7 @@ class ErasureRun:
         2B latents, when this step's gradient is one backward of ℓ_u + λ·ℓ_r (two backward passes
         would each go through all 2B rows) and the conditionings can be joined."""
         return (
-            self.config.joint_forward
+            self.config.joint_forward is not False  # None (the default): wherever the step allows
             and self.balancer.one_backward_of_both()
             and forget.joinable() == retain.joinable()
         )

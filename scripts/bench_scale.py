@@ -158,23 +158,26 @@ def default_method() -> str:
     return TrainConfig.method
 
 
-LEVERS = {"joint", "apart"}  # a --methods entry's +suffixes
+LEVERS = {"joint", "halves", "apart"}  # a --methods entry's +suffixes
 
 
 def method_settings(method: str) -> dict:
     """TrainConfig fields for a --methods entry: a method, or eupmu:<probe> (eupmu:next, eupmu:fresh),
-    with ``+joint`` for --joint-forward (``+apart``: see ``calls_apart``). Settings whose default is
+    with ``+joint`` for --joint-forward, ``+halves`` for --no-joint-forward (the default since
+    2026-11-26 joins them wherever the method allows; ``+apart``: see ``calls_apart``). Settings whose default is
     a method's own (λ's rate, eupmu-fast's smoothing) go back to None, so each method gets its own:
     the run's config holds the first method's."""
     from erase.balancers import BALANCERS
 
     base, *levers = method.split("+")
     if set(levers) - LEVERS:
-        raise SystemExit(f"unknown +{', +'.join(sorted(set(levers) - LEVERS))} in {method!r}; use +joint or +apart")
+        unknown = ", +".join(sorted(set(levers) - LEVERS))
+        raise SystemExit(f"unknown +{unknown} in {method!r}; use +joint, +halves or +apart")
     name, _, probe = base.partition(":")
     own = {setting: None for balancer in BALANCERS.values() for setting in balancer.defaults}
     settings = own | {"method": name} | ({"retain_probe": probe} if probe else {})
-    return settings | ({"joint_forward": True} if "joint" in levers else {})
+    joint = {"joint_forward": True} if "joint" in levers else {"joint_forward": False} if "halves" in levers else {}
+    return settings | joint
 
 
 def calls_apart(method: str) -> bool:
@@ -434,8 +437,9 @@ def main() -> None:
         nargs="+",
         default=METHODS,
         help="the first is the reference of the ratios; eupmu:next and eupmu:fresh time eupmu with that "
-        "--retain-probe; +joint adds --joint-forward (weighted+joint), +apart calls the frozen targets one by one, "
-        "as before they were joined into one call",
+        "--retain-probe; +joint adds --joint-forward (weighted+joint), +halves --no-joint-forward (the trained "
+        "halves as two calls, the default before 2026-11-26), +apart calls the frozen targets one by one, as before "
+        "they were joined into one call",
     )
     parser.add_argument("--frozen", nargs="+", default=["swap"], choices=["swap", "copy"])
     parser.add_argument("--half-frozen", nargs="+", default=["off"], choices=["off", "on"])
