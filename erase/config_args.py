@@ -143,3 +143,20 @@ def dataclass_from_layers(cls: type[T], args: argparse.Namespace, file_values: d
     if missing:
         raise InputError(f"--{missing[0].replace('_', '-')} is required (on the command line or in --config)")
     return cls(**values)
+
+
+def value_from_text(cls: type, name: str, text: str) -> Any:
+    """A field's value from text such as ``KEY=VALUE`` in the benchmark scripts, of the field's own
+    type (not its default's: a switch whose default is None is still a switch). Raises ValueError
+    for text that is not of that type."""
+    hint = typing.get_type_hints(cls)[name]
+    if text.lower() in ("none", "null") and unwrap_optional(hint) is not hint:
+        return None
+    kind = unwrap_optional(hint)
+    if typing.get_origin(kind) is Literal:
+        kind = type(typing.get_args(kind)[0])
+    if kind is bool:  # bool("false") is True
+        if text.lower() not in ("true", "false", "on", "off", "1", "0"):
+            raise ValueError(f"{name}={text}: give true or false")
+        return text.lower() in ("true", "on", "1")
+    return kind(text) if kind in (int, float, str) else text

@@ -395,23 +395,18 @@ def _typed(settings: list[str]) -> dict:
     from dataclasses import fields
 
     from erase.config import TrainConfig
+    from erase.config_args import value_from_text
 
-    types = {f.name: f.type for f in fields(TrainConfig)}
+    names = {f.name for f in fields(TrainConfig)}
     typed = {}
     for item in settings:
         key, _, value = item.partition("=")
-        if key not in types:
+        if key not in names:
             sys.exit(f"--set {item}: {key!r} is not a TrainConfig field")
-        kind = str(types[key])
-        typed[key] = (
-            int(value)
-            if kind == "int"
-            else float(value)
-            if kind == "float"
-            else value.lower() in ("1", "true", "on")
-            if kind == "bool"
-            else value
-        )
+        try:
+            typed[key] = value_from_text(TrainConfig, key, value)
+        except ValueError as err:
+            sys.exit(f"--set {item}: {err}")
     return typed
 
 

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from measure_erasure import BAR_ERASED, BAR_KEPT, bar_misses, forget_list, score, summarise  # noqa: E402
 
 from erase.config import TrainConfig  # noqa: E402
+from erase.config_args import value_from_text  # noqa: E402
 from erase.loop import train  # noqa: E402
 from eval.images import load_images  # noqa: E402
 from eval.judges import DigitStyleJudge  # noqa: E402
@@ -317,21 +318,18 @@ def _points(only: list[str], parser: argparse.ArgumentParser) -> list[tuple[str,
 
 
 def _free_setting(setting: str) -> dict | None:
-    """``field=value,field=value`` over TrainConfig's fields, each value converted to its default's
+    """``field=value,field=value`` over TrainConfig's fields, each value converted to its field's
     type (for settings the sweeps above do not name); None if a key is not a field."""
-    defaults = {f.name: getattr(TrainConfig(output="x", forget="x"), f.name) for f in dataclasses.fields(TrainConfig)}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {}
     for pair in setting.split(","):
         key, _, value = pair.partition("=")
-        if key not in defaults or not value:
+        if key not in names or not value:
             return None
-        kind = type(defaults[key])
-        if kind is bool:  # bool("false") is True
-            if value.lower() not in ("true", "false"):
-                return None
-            overrides[key] = value.lower() == "true"
-        else:
-            overrides[key] = float(value) if kind in (float, type(None)) else kind(value)
+        try:
+            overrides[key] = value_from_text(TrainConfig, key, value)
+        except ValueError:
+            return None
     return overrides
 
 

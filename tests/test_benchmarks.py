@@ -81,6 +81,29 @@ def test_the_families_script_generates_trains_and_round_trips_a_single_file(tmp_
 def test_the_profile_counts_a_steps_unet_calls(tmp_path):
     argv = ["--smoke", "--profile", "--parameters", "xattn", "--batch", "1", "--steps", "1", "--e2e-method", "weighted"]
     (record,) = run_script("bench_scale.py", *argv, tmp_path=tmp_path)
-    # weighted on the bank: forget and retain through the trained UNet, the frozen targets in one call
-    assert record["method"] == "weighted" and record["unet_calls_per_step"] == 3
+    # weighted on the bank: forget and retain through the trained UNet as one call, the frozen targets in one
+    assert record["method"] == "weighted" and record["unet_calls_per_step"] == 2
     assert record["wall_per_step_s"] > 0 and record["host_hot_spots"]
+
+
+def test_settings_written_as_text_take_their_fields_types(monkeypatch):
+    """`--set KEY=VALUE` (bench_scale, count_flops) and bench_tradeoff's `field=value` labels: by
+    the field's type, not its default's (joint_forward's default is None, lambda_lr's too)."""
+    from erase.config import TrainConfig
+    from erase.config_args import value_from_text
+
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import bench_scale
+    import bench_tradeoff
+
+    assert value_from_text(TrainConfig, "joint_forward", "false") is False
+    assert value_from_text(TrainConfig, "lambda_lr", "3e4") == 30000.0
+    assert value_from_text(TrainConfig, "steps", "9") == 9
+    assert value_from_text(TrainConfig, "lambda_lr", "none") is None
+    with pytest.raises(ValueError, match="true or false"):
+        value_from_text(TrainConfig, "joint_forward", "maybe")
+    label = "lambda_lr=3e4,joint_forward=false,bank_steps=10,x_source=trajectory"
+    expected = {"lambda_lr": 30000.0, "joint_forward": False, "bank_steps": 10, "x_source": "trajectory"}
+    assert bench_tradeoff._free_setting(label) == expected
+    assert bench_tradeoff._free_setting("joint_forward=maybe") is None
+    assert bench_scale._typed(label.split(",")) == expected
