@@ -22,5 +22,7 @@ else  # finished: returns at once; killed: continues
     exit "$status"
   fi
 fi
-.venv/bin/erase eval "$run" --output "$report"
+# --overwrite: the report folder is this script's own, and images of a run made again in place
+# (deleted and erased anew, or a killed run continued) are drawn again; unchanged ones are kept.
+.venv/bin/erase eval "$run" --output "$report" --overwrite
 echo "open $report/report.html in a browser: the scores, base-vs-erased grids and training curves"

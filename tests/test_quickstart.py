@@ -35,8 +35,19 @@ def test_quickstart_erases_three_and_writes_the_report(tmp_path):
     page = (report / "report.html").read_text()
     assert "quickstart-three-forget.png" in page and (report / "figures" / "quickstart-three-forget.png").is_file()
 
-    # The open-clip judge with no flags: the shipped tiny CLIP, an independent second opinion.
+    # The run made again in place (deleted by hand and erased anew, or a killed run continued): the
+    # report's images of the old weights are the script's own, drawn again rather than refused.
     run, second = tmp_path / "runs" / "quickstart-three", tmp_path / "reports" / "clip-judge"
+    weights = run / "unet" / "diffusion_pytorch_model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    again = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "quickstart.sh"), str(tmp_path)],
+        capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((report / "metrics.json").read_text())["runs"]["quickstart-three"]["erased_model"] == erased
+
+    # The open-clip judge with no flags: the shipped tiny CLIP, an independent second opinion.
     argv = ["eval", str(run), "--output", str(second), "--judge", "open-clip", "--images-per-prompt", "2"]
     assert main([*argv, "--no-progress"]) == 0
     scores = json.loads((second / "metrics.json").read_text())
