@@ -200,7 +200,7 @@ def test_attack_timesteps_follow_the_paper():
 
 
 @pytest.mark.slow
-def test_attack_command_writes_its_report_and_draws_the_evaluation_images(tmp_path):
+def test_attack_command_writes_its_report_and_draws_the_evaluation_images(tmp_path, capsys):
     """The whole command on the default model with a tiny budget: the base and an untrained copy
     (`--erased` says what it erased), ASR before and after, images, report; the "before"
     images are `erase generate`'s images of the same prompt and seed."""
@@ -224,6 +224,16 @@ def test_attack_command_writes_its_report_and_draws_the_evaluation_images(tmp_pa
     drawn = next((tmp_path / "gen").glob("*.png"))
     before = out / "images" / "base" / f"{first['case']}_{first['seed']}_before.png"
     assert np.array_equal(np.asarray(Image.open(drawn)), np.asarray(Image.open(before)))
+
+    # The same folder again: its results are not replaced unasked (an attack takes minutes to hours).
+    kept = (out / "attack.json").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--iterations", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds an earlier attack" in err[0] and "--overwrite" in err[0], err
+    assert (out / "attack.json").read_bytes() == kept
+    assert main([*args, "--iterations", "1", "--overwrite"]) == 0
+    assert json.loads((out / "attack.json").read_text())["settings"]["iterations"] == 1
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,14 @@ class AttackConfig(JudgedModels):
         },
     )
     seed: int = field(default=0, metadata={"help": "seed of the attack's noise and token draws"})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "replace an earlier attack's results in --output (attack.json, report.md, the images of the "
+            "models attacked again); without it such a folder is refused, so one attack's results are not lost "
+            "to the next"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

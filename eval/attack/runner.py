@@ -221,6 +221,13 @@ def _run_attack(config: AttackConfig) -> dict:
     output = Path(config.output)
     folder = OwnedFolder.inspect(output, "attack")
     folder.check_claimable(ATTACK_NAMES)
+    earlier = folder.marked and any(folder.owns(name) and (output / name).exists() for name in ATTACK_NAMES)
+    if earlier and not config.overwrite:
+        # an attack takes minutes to hours: its results are not replaced by the next one unasked
+        raise InputError(
+            f"--output {output} holds an earlier attack ({output / 'attack.json'}); use --overwrite to replace its "
+            "results, or choose another folder"
+        )
     check_outside(output, config.input_paths())  # runs included: an attack is never written into one
     found = models_under_test(config)
     check_runs_load(found.runs, config, found.base, found.base_config)
