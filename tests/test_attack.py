@@ -196,7 +196,10 @@ def _crafted_settings() -> dict:
 
 def test_attack_timesteps_follow_the_paper():
     assert attack_timesteps(1000, 50)[:3] == [10, 30, 50] and attack_timesteps(1000, 50)[-1] == 990
-    assert attack_timesteps(1000, 1) == [500] and attack_timesteps(10, 50) == list(range(10))
+    assert attack_timesteps(1000, 1) == [500] and attack_timesteps(10, 10) == list(range(10))
+    spread = attack_timesteps(1000, 600)  # was 0..599: a whole-number stride of 1 left t ≥ 600 unvisited
+    assert len(set(spread)) == 600 and spread[0] == 0 and spread[-1] == 999 and spread == sorted(spread)
+    assert attack_timesteps(1000, 300)[-1] == 998 and attack_timesteps(1000, 1000) == list(range(1000))
 
 
 @pytest.mark.slow
@@ -243,6 +246,7 @@ def test_attack_command_writes_its_report_and_draws_the_evaluation_images(tmp_pa
         (["--erased", "class=dragon"], "has no such class"),
         ([], "none of the run's forget prompts"),  # a model that erased nothing, no --erased
         (["--erased", "style=red", "--judge", "transformers"], "--judge transformers needs --classifier"),
+        (["--erased", "class=three", "--timesteps", "5000"], "more than the 1000 timesteps of the model's schedule"),
     ],
 )
 def test_bad_attack_input_is_one_line_and_writes_nothing(extra, needle, tmp_path, capsys):

@@ -81,8 +81,10 @@ class Outcome:
 def attack_timesteps(total: int, count: int) -> list[int]:
     """``count`` timesteps evenly spread over 0..total-1, centred in their bins, ascending
     (UnlearnDiffAtk's code: 10, 30, ..., 990 for 50 of 1000)."""
-    stride = max(total // count, 1)
-    return [min(stride // 2 + i * stride, total - 1) for i in range(min(count, total))]
+    if count >= total:
+        return list(range(total))
+    # a whole-number stride (total // count) bunched every count above total / 2 at the schedule's start
+    return [int((i + 0.5) * total / count) for i in range(count)]
 
 
 def plan_targets(records, concepts: list[Concept], per_prompt: int) -> list[Target]:
@@ -245,6 +247,12 @@ def _run_attack(config: AttackConfig) -> dict:
     load = dict(dtype=config.dtype, device=config.device, allow_pickle=config.allow_pickle)
     base_pipe = load_pipeline(found.base, config=found.base_config, **load)
     base_pipe.set_progress_bar_config(disable=True)
+    schedule = base_pipe.scheduler.config.num_train_timesteps
+    if config.timesteps > schedule:
+        raise InputError(
+            f"--timesteps {config.timesteps} is more than the {schedule} timesteps of the model's schedule; "
+            f"use at most {schedule}"
+        )
     for planned in targets.values():  # the base model's latents are every model's targets
         latents = draw(
             base_pipe, [t.seed for t in planned], config, output_type="latent", prompt=[t.prompt for t in planned]
