@@ -133,12 +133,14 @@ def _as_read(prompt: str) -> str:
 class ErasureRun:
     """setup() once, then train(); ``trainable`` is the UNet being erased."""
 
-    def __init__(self, config: TrainConfig, pipe=None):
+    def __init__(self, config: TrainConfig, pipe=None, afresh: str | None = None):
         self.config = config
         self.pipe = pipe
         self.output = Path(config.output)
         self.folder = OwnedFolder(self.output, "run")
         self.restart = False  # --overwrite of an earlier run: its files go at the first write
+        # how a refused resume is started afresh instead; `erase sweep`, which has no --overwrite, says its own
+        self.afresh = afresh or "use --overwrite to start afresh"
         self.saved: dict = {}  # the config of the run being resumed
         self.checked = False
 
@@ -200,7 +202,7 @@ class ErasureRun:
             # before the bank is drawn (minutes on SDXL).
             raise InputError(
                 f"--resume: --model {cfg.model} is not the model {self.output} started from (the tensors it "
-                "trains have other values); give that model, or use --overwrite to start afresh"
+                f"trains have other values); give that model, or {self.afresh}"
             )
         check_sampler_steps(pipe, cfg.bank_steps, "--bank-steps")
         require_whole(pipe.tokenizer, self.forget_prompts, "forget prompt")
@@ -220,7 +222,7 @@ class ErasureRun:
         if cfg.resume and self.space.kind != LOSS_UNITS and self.saved.get("loss_units") != LOSS_UNITS:
             raise InputError(
                 f"--resume: {self.output} was started by an older erase that computed this {self.space.kind} "
-                "model's losses in its own units, not ε; its λ and optimiser state do not carry over: use --overwrite"
+                f"model's losses in its own units, not ε; its λ and optimiser state do not carry over: {self.afresh}"
             )
         prompts = {"forget": self.forget_prompts, "retain": self.retain_prompts}
         with self.accelerator.autocast():  # the bank samples in the run's precision, as the steps compute
@@ -303,12 +305,12 @@ class ErasureRun:
         if not saved_file.is_file():
             raise InputError(
                 f"--resume given but {self.output} has no {CONFIG_NAME}; it is not a run folder "
-                "(or was killed before its first step): use --overwrite to start afresh"
+                f"(or was killed before its first step): {self.afresh}"
             )
         try:
             saved = json.loads(saved_file.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError):
-            raise InputError(f"{saved_file} is damaged; use --overwrite to start the run afresh") from None
+            raise InputError(f"{saved_file} is damaged; {self.afresh}") from None
         self.saved = saved
         may_change = set(_RESUME_MAY_CHANGE)
         if self.config.retain_probe == "next":  # its look-ahead stops before each checkpoint (_looks_ahead)
@@ -325,7 +327,7 @@ class ErasureRun:
             flags = " ".join(_as_flag(name, started) for name, started, _ in differ)
             raise InputError(
                 f"--resume: {self.output} was started with {was}; resume with the same settings "
-                f"({flags}), or use --overwrite to start afresh"
+                f"({flags}), or {self.afresh}"
             )
 
     def is_complete(self) -> bool:
@@ -350,7 +352,7 @@ class ErasureRun:
             raise InputError(
                 f"checkpoint {path} was written by {len(rng)} process(es), and this run has "
                 f"{self.accelerator.num_processes}; resume with {len(rng)} (each process's batches are in the "
-                "checkpoint), or use --overwrite to start afresh"
+                f"checkpoint), or {self.afresh}"
             )
         self.generator.set_state(rng[self.accelerator.process_index])
         if self.accelerator.scaler is not None and scaler_state is not None:
@@ -815,11 +817,12 @@ def balancer_for(cfg: TrainConfig):
     )
 
 
-def train(config: TrainConfig, pipe=None) -> Path:
+def train(config: TrainConfig, pipe=None, afresh: str | None = None) -> Path:
     """Run an erasure end to end; returns the run folder. The folder is locked while it runs;
-    --resume on a finished run returns at once."""
+    --resume on a finished run returns at once. ``afresh``: how a refused resume starts afresh
+    instead, where that is not --overwrite."""
     with output_lock(config.output, enabled=is_main_process()):
-        run = ErasureRun(config, pipe)
+        run = ErasureRun(config, pipe, afresh)
         run.check_inputs()
         if config.resume and run.is_complete():
             if is_main_process():

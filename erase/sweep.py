@@ -217,6 +217,9 @@ def run_sweep(sweep: SweepConfig, train: dict) -> dict:
         return _run_sweep(sweep, train)
 
 
+AFRESH = "start the sweep afresh in another --output"  # a run's refused resume: sweep has no --overwrite
+
+
 def _run_sweep(sweep: SweepConfig, train: dict) -> dict:
     from erase.loop import ErasureRun
     from erase.loop import train as train_run
@@ -234,7 +237,7 @@ def _run_sweep(sweep: SweepConfig, train: dict) -> dict:
     folder.check_claimable(SWEEP_NAMES)
     check_outside(output, {"--model": train.get("model"), "--forget": train.get("forget"), "--prompts": sweep.prompts})
     planned = plan_runs(sweep, train, points)
-    checked = [ErasureRun(config) for _, _, config in planned]
+    checked = [ErasureRun(config, afresh=AFRESH) for _, _, config in planned]
     for run in checked:  # every run's own checks (prompts, folders, a changed setting) first
         run.check_inputs()
     evaluation_config = EvalConfig(
@@ -259,7 +262,7 @@ def _run_sweep(sweep: SweepConfig, train: dict) -> dict:
     (output / "runs").mkdir(exist_ok=True)
     for index, (point, seed, config) in enumerate(planned, 1):
         print(f"sweep: run {index}/{len(planned)}: {point.label}, seed {seed} → {config.output}", flush=True)
-        train_run(config)
+        train_run(config, afresh=AFRESH)
     evaluation = evaluate(evaluation_config)
     if not evaluation.metrics:  # not the main process
         return {}

@@ -250,6 +250,9 @@ def test_a_sweep_trains_evaluates_and_resumes_by_adding_a_point(tiny_pipeline_di
     assert "holds a sweep; use --resume" in capsys.readouterr().err
     kept_run = (out / "runs" / "weighted-retain_weight-1-s0" / "model_index.json").stat().st_mtime_ns
     runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert main([*argv, "--resume", "--steps", "3"]) == 2  # its runs trained another way: refused
+    err = capsys.readouterr().err
+    assert "started with steps=2, not 3" in err and "afresh in another --output" in err and "--overwrite" not in err
     assert main([*argv, "--grid", "none", "--resume", "--eval-steps", "3"]) == 2  # scored another way: refused
     assert "evaluated with --eval-steps 2, not 3" in capsys.readouterr().err  # before any run trains
     assert sorted(p.name for p in (out / "runs").iterdir()) == runs
