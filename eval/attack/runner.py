@@ -83,7 +83,7 @@ def attack_timesteps(total: int, count: int) -> list[int]:
     (UnlearnDiffAtk's code: 10, 30, ..., 990 for 50 of 1000)."""
     if count >= total:
         return list(range(total))
-    # a whole-number stride (total // count) bunched every count above total / 2 at the schedule's start
+    # not a whole-number stride (total // count): above total / 2 timesteps it was 1, crowding them at the start
     return [int((i + 0.5) * total / count) for i in range(count)]
 
 
