@@ -196,6 +196,28 @@ def build_judge(name: str, labels: dict[str, list[str]], **options) -> Judge:
     return JUDGES[name](labels, **options)
 
 
+def check_judge_knows(
+    judge: Judge, judge_name: str, labels: dict[str, list[str]], prompts: str, concepts: list[dict[str, str]]
+) -> None:
+    """Refuse a prompt list with a label the judge cannot answer on an axis the scores of
+    ``concepts`` read (a concept's own axes; the class too for a style, for CRA): its images would
+    count as not recognised, lowering RA, IRA or CRA with no word of why. (An erased label is
+    check_judge_sees's.)"""
+    axes = {axis for concept in concepts for axis in concept}
+    axes |= {"class"} if "style" in axes else set()
+    for axis, names in labels.items():
+        if axis not in axes:
+            continue
+        unknown = sorted(set(names) - set(judge.label_names(axis)))
+        if unknown:
+            shown = ", ".join(f"{axis}={label}" for label in unknown[:3]) + (" …" if len(unknown) > 3 else "")
+            raise InputError(
+                f"judge {judge_name!r} cannot recognise {shown} of --prompts {prompts}; its images would count as not "
+                "recognised and lower the retain scores: choose a --judge (or --classifier) that has these labels, "
+                "or leave those prompts out"
+            )
+
+
 def check_judge_sees(judge: Judge, judge_name: str, concepts: list[dict[str, str]]) -> None:
     """Refuse a judge that cannot answer an erased label: every image of that concept would
     count as erased (UA 100% for a model that erased nothing), and no attack on it could be

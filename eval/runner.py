@@ -18,7 +18,7 @@ from erase.lineage import RUN_CONFIG, is_default_model, read_run_record, run_lin
 from eval.concepts import check_erased, infer_erased, rows_showing
 from eval.config import EvalConfig, JudgedModels
 from eval.images import load_images
-from eval.judges import build_judge, check_judge_sees
+from eval.judges import build_judge, check_judge_knows, check_judge_sees
 from eval.metrics import METRICS, EvalContext, ModelImages
 from pipelines.files import weights_stamp
 from pipelines.generate import GenerateConfig, check_image_count, generate, read_manifest, safe_name
@@ -149,6 +149,7 @@ def judged_inputs(config: JudgedModels, base: str, forget: dict[str, list[str]])
     judge = build_judge(judge_name, labels, classifier=config.classifier, clip=clip)
     for concepts in erased.values():
         check_judge_sees(judge, judge_name, concepts)
+    check_judge_knows(judge, judge_name, labels, prompts, [c for concepts in erased.values() for c in concepts])
     found = {"prompts": prompts, "records": records, "labels": labels, "erased": erased}
     return found | {"clip": clip, "judge_name": judge_name, "judge": judge}
 

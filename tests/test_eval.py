@@ -607,3 +607,26 @@ def test_eval_switches_a_bundled_safety_checker_off_and_says_so(tokenizer, label
     assert main([*argv, "--steps", "2", "--safety-checker", "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "warning: 5 of the 5 images drawn are entirely black" in err and "it is off" not in err
+
+
+def test_a_retain_label_the_judge_cannot_answer_is_refused_where_a_score_reads_it(write, tmp_path):
+    """Found by a probe: a retain prompt labelled with a class the judge does not have counted as
+    "not recognised", lowering RA with no word of why. Refused on the axes the scores read; a label
+    on an axis no score of this concept reads (a style, for a class) is left alone."""
+    from eval.runner import judged_inputs
+
+    rows = "prompt,class,style\na plain drawing of the digit three,three,plain\n"
+    rows += "a plain drawing of the digit five,five,plain\na plain drawing of a dragon,dragon,watercolour\n"
+    prompts = write("list.csv", rows)
+    config = EvalConfig(runs=["x"], output=str(tmp_path / "r"), prompts=str(prompts), judge="digit-style")
+    config.erased = "class=three"
+    with pytest.raises(InputError, match="cannot recognise class=dragon of --prompts .*lower the retain scores"):
+        judged_inputs(config, "default", {"x": []})
+    write("list.csv", rows.replace("dragon,watercolour", "seven,watercolour"))  # only the style is unknown
+    assert judged_inputs(config, "default", {"x": []})["erased"] == {"x": [{"class": "three"}]}
+    config.erased = "style=plain"  # a style's scores read the style (IRA) and the class (CRA)
+    with pytest.raises(InputError, match="cannot recognise style=watercolour"):
+        judged_inputs(config, "default", {"x": []})
+    write("list.csv", rows.replace("dragon,watercolour", "dragon,red"))
+    with pytest.raises(InputError, match="cannot recognise class=dragon"):  # CRA reads the class
+        judged_inputs(config, "default", {"x": []})
