@@ -138,8 +138,7 @@ class OwnedFolder:
             if name not in self.files or folder.is_symlink() or not folder.is_dir():
                 continue
             ours = set(self.files[name])
-            inside = (p for p in folder.rglob("*") if p.is_symlink() or not p.is_dir())
-            found += [f"{name}/{rel}" for p in inside if (rel := p.relative_to(folder).as_posix()) not in ours]
+            found += [f"{name}/{rel}" for rel in _files_inside(folder) if rel not in ours]
         return sorted(found)
 
     def refuse_strays(self, names: list[str], option: str = "--output") -> None:
@@ -174,13 +173,7 @@ class OwnedFolder:
         items = sorted(staged.iterdir(), key=lambda p: p.name == last)
         self.refuse_strays([item.name for item in items])
         self.claim([item.name for item in items])
-        contents = {
-            item.name: sorted(
-                p.relative_to(item).as_posix() for p in item.rglob("*") if p.is_symlink() or not p.is_dir()
-            )
-            for item in items
-            if item.is_dir() and not item.is_symlink()
-        }
+        contents = {item.name: _files_inside(item) for item in items if item.is_dir() and not item.is_symlink()}
         # Recorded before the move (write-ahead), as the names are: a kill in between leaves a
         # record of files not yet there, never files the record does not know.
         self.files = self.files | contents
@@ -242,6 +235,12 @@ class OwnedFolder:
         record = {"format": MARKER_FORMAT, "kind": self.kind, "names": names} | ({"files": files} if files else {})
         write_json_atomic(self.path / MARKER_NAME, record)
         self.names, self.marked, self.files = names, True, files
+
+
+def _files_inside(folder: Path) -> list[str]:
+    """Every file (and link) under ``folder``, as paths relative to it: what a recorded subfolder
+    holds, compared with what erase put there."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_symlink() or not p.is_dir())
 
 
 def pipeline_entries(pipe) -> list[str]:
